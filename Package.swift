@@ -1,0 +1,135 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Ketenpoort: a privacy-aware data-exchange gateway.
+// Layout (see docs/architecture.md): C system libraries in `C*` targets with shim headers,
+// pure logic in `KetenpoortCore` / `KetenpoortPolicy`, I/O at the edges (`KetenpoortTLS`,
+// `KetenpoortServer`, `KetenpoortStore`), and an executable that only wires.
+let strict: [SwiftSetting] = []
+
+let package = Package(
+    name: "Ketenpoort",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ketenpoort", targets: ["ketenpoort"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+    ],
+    targets: [
+        // System libraries: the distribution's OpenSSL 3 and SQLite 3.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
+        ),
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"]), .brew(["sqlite"])]
+        ),
+
+        // Pure: errors, identifiers (BSN, OIN), no I/O.
+        .target(name: "KetenpoortCore", swiftSettings: strict),
+
+        // Pure: the policy language, validator, compiler and evaluator. No I/O beyond reading
+        // the policy files handed to the loader.
+        .target(
+            name: "KetenpoortPolicy",
+            dependencies: ["KetenpoortCore", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
+        ),
+
+        // Cryptographic primitives over OpenSSL: HMAC, HKDF, AES-SIV, AES-GCM, Ed25519, keys.
+        .target(
+            name: "KetenpoortCrypto",
+            dependencies: ["COpenSSL", "KetenpoortCore"],
+            swiftSettings: strict
+        ),
+
+        // Development PKI (PKIoverheid-shaped) generated through OpenSSL.
+        .target(
+            name: "KetenpoortPKI",
+            dependencies: ["COpenSSL", "KetenpoortCore"],
+            swiftSettings: strict
+        ),
+
+        // Mutual TLS: a SwiftNIO channel handler driving OpenSSL through memory BIOs.
+        .target(
+            name: "KetenpoortTLS",
+            dependencies: [
+                "COpenSSL", "KetenpoortCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // The gateway: configuration, HTTP/1.1 over the TLS handler, routing, metrics, lifecycle.
+        .target(
+            name: "KetenpoortServer",
+            dependencies: [
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // Load generator over mutual TLS (the project's own OpenSSL client).
+        .target(
+            name: "KetenpoortBench",
+            dependencies: [
+                "KetenpoortTLS", "KetenpoortCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // The one binary: wiring only.
+        .executableTarget(
+            name: "ketenpoort",
+            dependencies: [
+                "KetenpoortCore", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortPKI",
+                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .testTarget(name: "KetenpoortCoreTests", dependencies: ["KetenpoortCore"]),
+        .testTarget(
+            name: "KetenpoortPolicyTests",
+            dependencies: ["KetenpoortPolicy", "KetenpoortCore"],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(name: "KetenpoortCryptoTests", dependencies: ["KetenpoortCrypto", "KetenpoortCore"]),
+        .testTarget(
+            name: "KetenpoortIntegrationTests",
+            dependencies: [
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPKI", "KetenpoortServer", "KetenpoortBench",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,275 @@
+import KetenpoortCore
+import KetenpoortTLS
+import NIOCore
+import NIOHTTP1
+
+/// Asks a connection to finish its current request and close (graceful shutdown).
+public struct QuiesceEvent: Sendable {}
+
+/// The per-connection timers: idle between requests, header (slow senders), and request.
+/// Shared by ``ByteActivityHandler`` (which sees raw bytes) and ``GatewayHTTPHandler`` (which
+/// sees parsed requests). Event-loop bound: used only from the connection's event loop.
+final class ConnectionClock {
+    enum Phase { case awaitingHandshake, idle, receivingHead, handling }
+
+    private(set) var phase: Phase = .awaitingHandshake
+    private var timer: Scheduled<Void>?
+    private let limits: GatewayLimits
+    private let metrics: GatewayMetrics
+    /// Called when the request timer fires while a request is being handled.
+    var onRequestTimeout: (() -> Void)?
+
+    init(limits: GatewayLimits, metrics: GatewayMetrics) {
+        self.limits = limits
+        self.metrics = metrics
+    }
+
+    func handshakeCompleted(context: ChannelHandlerContext) {
+        guard phase == .awaitingHandshake else { return }
+        becomeIdle(context: context)
+    }
+
+    func bytesArrived(context: ChannelHandlerContext) {
+        guard phase == .idle else { return }
+        phase = .receivingHead
+        arm(context: context, after: limits.headerTimeout) { context in
+            // A client that trickles its header is dropped.
+            context.close(promise: nil)
+        }
+    }
+
+    func headReceived(context: ChannelHandlerContext) {
+        phase = .handling
+        arm(context: context, after: limits.requestTimeout) { [weak self] context in
+            if let onTimeout = self?.onRequestTimeout { onTimeout() } else { context.close(promise: nil) }
+        }
+    }
+
+    func responseCompleted(context: ChannelHandlerContext) {
+        becomeIdle(context: context)
+    }
+
+    func cancel() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func becomeIdle(context: ChannelHandlerContext) {
+        phase = .idle
+        arm(context: context, after: limits.idleTimeout) { context in
+            context.close(promise: nil)
+        }
+    }
+
+    private func arm(context: ChannelHandlerContext, after duration: Duration, _ action: @escaping (ChannelHandlerContext) -> Void) {
+        timer?.cancel()
+        let phaseAtArm = phase
+        let nanoseconds = Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] in
+            guard let self, self.phase == phaseAtArm else { return }
+            if phaseAtArm == .receivingHead { self.metrics.droppedSlowClients.increment() }
+            action(context)
+        }
+    }
+}
+
+/// Sits between TLS and the HTTP decoder: notices the first bytes of each request.
+final class ByteActivityHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let clock: ConnectionClock
+
+    init(clock: ConnectionClock) { self.clock = clock }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        clock.bytesArrived(context: context)
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            clock.handshakeCompleted(context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        clock.cancel()
+        context.fireChannelInactive()
+    }
+}
+
+/// Routes a complete request to a response. Implemented by ``GatewayApplication``.
+public protocol GatewayResponder: Sendable {
+    func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse>
+}
+
+/// Assembles requests within the limits, hands them to the responder and writes the answers.
+final class GatewayHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        case receiving(HTTPRequestHead, ByteBuffer?)
+        /// The request was refused before its body was read; the rest of it is ignored.
+        case discarding
+        case responding
+    }
+
+    private let responder: GatewayResponder
+    private let limits: GatewayLimits
+    private let metrics: GatewayMetrics
+    private let clock: ConnectionClock
+    private var state: State = .idle
+    private var peerCertificate: CertificateInfo?
+    private var closeAfterResponse = false
+    private var responseStarted = false
+
+    init(responder: GatewayResponder, limits: GatewayLimits, metrics: GatewayMetrics, clock: ConnectionClock) {
+        self.responder = responder
+        self.limits = limits
+        self.metrics = metrics
+        self.clock = clock
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        clock.onRequestTimeout = { [weak self] in
+            guard let self else { return }
+            if !self.responseStarted {
+                self.closeAfterResponse = true
+                self.write(
+                    context: context,
+                    GatewayResponse.problem(
+                        .requestTimeout, code: .requestTimeout, title: "Request timeout",
+                        detail: "the request was not completed in time", route: "timeout"))
+            } else {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted(let info) = event as? TLSUserEvent {
+            peerCertificate = info.peerCertificate
+        } else if event is QuiesceEvent {
+            closeAfterResponse = true
+            if case .idle = state { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            clock.headReceived(context: context)
+            responseStarted = false
+            if !head.isKeepAlive { closeAfterResponse = true }
+            if let refusal = refusal(for: head) {
+                state = .discarding
+                closeAfterResponse = true
+                write(context: context, refusal)
+                return
+            }
+            state = .receiving(head, nil)
+        case .body(var chunk):
+            guard case .receiving(let head, var body) = state else { return }
+            let received = (body?.readableBytes ?? 0) + chunk.readableBytes
+            if received > limits.maxBodyBytes {
+                state = .discarding
+                closeAfterResponse = true
+                write(context: context, tooLarge())
+                return
+            }
+            if body == nil {
+                body = chunk
+            } else {
+                body!.writeBuffer(&chunk)
+            }
+            state = .receiving(head, body)
+        case .end:
+            switch state {
+            case .receiving(let head, let body):
+                state = .responding
+                let request = GatewayRequest(
+                    method: head.method, uri: head.uri, headers: head.headers, body: body, peerCertificate: peerCertificate)
+                let future = responder.respond(to: request, on: context.eventLoop)
+                future.assumeIsolated().whenComplete { [weak self] result in
+                    guard let self else { return }
+                    switch result {
+                    case .success(let response):
+                        self.write(context: context, response)
+                    case .failure:
+                        self.write(
+                            context: context,
+                            GatewayResponse.problem(
+                                .internalServerError, code: .internalError, title: "Internal error",
+                                detail: "the gateway could not complete the request", route: "error"))
+                    }
+                }
+            case .discarding:
+                break  // the refusal was written when the head or the body arrived
+            case .idle, .responding:
+                break
+            }
+        }
+    }
+
+    private func refusal(for head: HTTPRequestHead) -> GatewayResponse? {
+        var headerBytes = head.uri.utf8.count
+        for (name, value) in head.headers { headerBytes += name.utf8.count + value.utf8.count + 4 }
+        if headerBytes > limits.maxHeaderBytes {
+            return GatewayResponse.problem(
+                .requestHeaderFieldsTooLarge, code: .headersTooLarge, title: "Request header fields too large",
+                detail: "the request header is larger than \(limits.maxHeaderBytes) bytes", route: "limits")
+        }
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limits.maxBodyBytes {
+            return tooLarge()
+        }
+        return nil
+    }
+
+    private func tooLarge() -> GatewayResponse {
+        GatewayResponse.problem(
+            .payloadTooLarge, code: .payloadTooLarge, title: "Payload too large",
+            detail: "the request body is larger than \(limits.maxBodyBytes) bytes", route: "limits")
+    }
+
+    private func write(context: ChannelHandlerContext, _ response: GatewayResponse) {
+        guard context.channel.isActive else { return }
+        responseStarted = true
+        metrics.requestCounter(route: response.route, status: response.status.code).increment()
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.count))
+        headers.replaceOrAdd(name: "cache-control", value: "no-store")
+        headers.replaceOrAdd(name: "x-content-type-options", value: "nosniff")
+        if closeAfterResponse { headers.replaceOrAdd(name: "connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if !response.body.isEmpty {
+            var buffer = context.channel.allocator.buffer(capacity: response.body.count)
+            buffer.writeBytes(response.body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        let close = closeAfterResponse
+        let discarding: Bool
+        if case .discarding = state { discarding = true } else { discarding = false }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { [weak self] _ in
+            guard let self else { return }
+            if close {
+                context.close(promise: nil)
+            } else if !discarding {
+                self.state = .idle
+                self.clock.responseCompleted(context: context)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // TLS failures are counted by the TLS handler; HTTP parse errors are answered by NIO's
+        // protocol error handler. Either way the connection ends.
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,129 @@
+import KetenpoortCore
+import KetenpoortPolicy
+import KetenpoortTLS
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Who is calling, derived only from the verified client certificate.
+public enum Caller: Sendable {
+    case partner(Partner)
+    case officer(Officer)
+}
+
+/// The outcome of identifying a caller: who, or the refusal to send.
+public enum Identification: Sendable {
+    case caller(Caller)
+    case refused(GatewayResponse)
+}
+
+/// What the gateway decides with; swapped as a whole on reload.
+public struct GatewaySnapshot: Sendable {
+    public var registry: PartnerRegistry
+    /// Content hash of the policy set the snapshot was built from.
+    public var policyVersion: String
+
+    public init(registry: PartnerRegistry, policyVersion: String) {
+        self.registry = registry
+        self.policyVersion = policyVersion
+    }
+}
+
+/// The current snapshot, read per request and replaced atomically.
+public final class GatewayState: Sendable {
+    private let current: Mutex<GatewaySnapshot>
+    public init(_ snapshot: GatewaySnapshot) { current = Mutex(snapshot) }
+    public var snapshot: GatewaySnapshot { current.withLock { $0 } }
+    public func replace(with snapshot: GatewaySnapshot) { current.withLock { $0 = snapshot } }
+}
+
+/// The HTTP API of the gateway (`/v1/...`).
+public struct GatewayApplication: GatewayResponder {
+    public let state: GatewayState
+
+    public init(state: GatewayState) {
+        self.state = state
+    }
+
+    public func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse> {
+        eventLoop.makeSucceededFuture(route(request))
+    }
+
+    func route(_ request: GatewayRequest) -> GatewayResponse {
+        let caller: Caller
+        switch identify(request) {
+        case .caller(let c): caller = c
+        case .refused(let response): return response
+        }
+        switch (request.method, request.path) {
+        case (.GET, "/v1/whoami"):
+            return whoami(caller)
+        case (_, "/v1/whoami"):
+            return methodNotAllowed(route: "/v1/whoami", allowed: "GET")
+        default:
+            return GatewayResponse.problem(
+                .notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+        }
+    }
+
+    /// Maps the verified certificate to a registered partner or officer.
+    func identify(_ request: GatewayRequest) -> Identification {
+        guard let certificate = request.peerCertificate else {
+            return .refused(
+                GatewayResponse.problem(
+                    .forbidden, code: .forbidden, title: "Forbidden", detail: "a client certificate is required", route: "identity"))
+        }
+        let registry = state.snapshot.registry
+        if let serial = certificate.subjectSerialNumber {
+            if let partner = registry.partner(oin: serial) {
+                guard pinned(partner.certificateFingerprints, certificate) else {
+                    return .refused(notPinned())
+                }
+                return .caller(.partner(partner))
+            }
+            if let officer = registry.officer(serialNumber: serial) {
+                guard pinned(officer.certificateFingerprints, certificate) else {
+                    return .refused(notPinned())
+                }
+                return .caller(.officer(officer))
+            }
+        }
+        return .refused(
+            GatewayResponse.problem(
+                .forbidden, code: .unknownPartner, title: "Unknown partner",
+                detail: "the certificate is valid but its subject serialNumber (OIN) is not registered in partners.yaml",
+                route: "identity"))
+    }
+
+    private func pinned(_ fingerprints: [String], _ certificate: CertificateInfo) -> Bool {
+        fingerprints.isEmpty || fingerprints.contains(certificate.fingerprintSHA256)
+    }
+
+    private func notPinned() -> GatewayResponse {
+        GatewayResponse.problem(
+            .forbidden, code: .certificateNotPinned, title: "Certificate not pinned",
+            detail: "the partner pins its certificate fingerprints and this certificate is not one of them", route: "identity")
+    }
+
+    func whoami(_ caller: Caller) -> GatewayResponse {
+        switch caller {
+        case .partner(let p):
+            return .json(
+                ["partner": ["id": .string(p.id), "name": .string(p.name), "kind": .string(p.kind), "oin": .string(p.oin.value)]],
+                route: "/v1/whoami")
+        case .officer(let o):
+            return .json(["officer": ["id": .string(o.id), "name": .string(o.name), "role": .string(o.role)]], route: "/v1/whoami")
+        }
+    }
+
+    func methodNotAllowed(route: String, allowed: String) -> GatewayResponse {
+        var response = GatewayResponse.problem(
+            .methodNotAllowed, code: .methodNotAllowed, title: "Method not allowed", detail: "use \(allowed)", route: route)
+        response.headers.add(name: "allow", value: allowed)
+        return response
+    }
+}
+
+extension KetenpoortError.Code {
+    public static let certificateNotPinned = KetenpoortError.Code("certificate_not_pinned")
+}

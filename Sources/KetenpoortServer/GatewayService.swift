@@ -1,0 +1,37 @@
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// The gateway as a swift-service-lifecycle `Service`: starts the listeners, reloads on SIGHUP,
+/// and on graceful shutdown (SIGTERM) stops accepting and lets in-flight requests finish.
+public struct GatewayService: Service {
+    public let server: GatewayServer
+    let onReady: @Sendable (GatewayAddresses) -> Void
+
+    public init(server: GatewayServer, onReady: @escaping @Sendable (GatewayAddresses) -> Void) {
+        self.server = server
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        let addresses = try await server.start()
+        onReady(addresses)
+        let server = self.server
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                    server.reload()
+                }
+            }
+            group.addTask {
+                await PolicyDirectoryWatcher(directory: server.configuration.policyDirectory).watch {
+                    server.reloadPolicies()
+                }
+            }
+            // Returns when graceful shutdown is triggered (or the task is cancelled).
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+        await server.shutdown()
+    }
+}

@@ -1,0 +1,127 @@
+import KetenpoortCore
+import KetenpoortTLS
+import NIOCore
+import NIOHTTP1
+
+/// One complete request as the gateway's routes see it.
+public struct GatewayRequest: Sendable {
+    public var method: HTTPMethod
+    /// The path without the query string.
+    public var path: String
+    /// Decoded query parameters (first value wins).
+    public var query: [String: String]
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer?
+    /// The verified client certificate of the connection.
+    public var peerCertificate: CertificateInfo?
+
+    public init(method: HTTPMethod, uri: String, headers: HTTPHeaders, body: ByteBuffer?, peerCertificate: CertificateInfo?) {
+        self.method = method
+        self.headers = headers
+        self.body = body
+        self.peerCertificate = peerCertificate
+        if let q = uri.firstIndex(of: "?") {
+            path = String(uri[..<q])
+            query = GatewayRequest.parseQuery(String(uri[uri.index(after: q)...]))
+        } else {
+            path = uri
+            query = [:]
+        }
+    }
+
+    static func parseQuery(_ text: String) -> [String: String] {
+        var result: [String: String] = [:]
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = percentDecode(String(parts[0]))
+            let value = parts.count > 1 ? percentDecode(String(parts[1])) : ""
+            if result[key] == nil { result[key] = value }
+        }
+        return result
+    }
+
+    static func percentDecode(_ text: String) -> String {
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%"), let h = iterator.next(), let l = iterator.next(),
+                let value = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)
+            {
+                bytes.append(value)
+            } else if byte == UInt8(ascii: "+") {
+                bytes.append(0x20)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// A complete response. `route` is the route template used as a metric label (never a raw path).
+public struct GatewayResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: [UInt8]
+    public var route: String
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [], route: String) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.route = route
+    }
+
+    /// A JSON answer.
+    public static func json(_ value: JSONValue, status: HTTPResponseStatus = .ok, route: String) -> GatewayResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        return GatewayResponse(status: status, headers: headers, body: Array(value.serialized().utf8), route: route)
+    }
+
+    /// An RFC 9457 problem with Ketenpoort's stable `code`. `extra` members are added as they are
+    /// (they must never hold personal data).
+    public static func problem(
+        _ status: HTTPResponseStatus, code: KetenpoortError.Code, title: String, detail: String,
+        extra: [(String, JSONValue)] = [], route: String
+    ) -> GatewayResponse {
+        var members: [(String, JSONValue)] = [
+            ("type", .string("https://ketenpoort.nl/problems/\(code.rawValue)")),
+            ("title", .string(title)),
+            ("status", .number(Double(status.code))),
+            ("detail", .string(detail)),
+            ("code", .string(code.rawValue)),
+        ]
+        members.append(contentsOf: extra)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/problem+json")
+        return GatewayResponse(status: status, headers: headers, body: Array(JSONValue.object(members).serialized().utf8), route: route)
+    }
+
+    /// The problem for a ``KetenpoortError`` raised while handling a request.
+    public static func problem(for error: KetenpoortError, route: String) -> GatewayResponse {
+        let (status, title) = problemStatus(for: error.code)
+        return problem(status, code: error.code, title: title, detail: error.message, route: route)
+    }
+
+    static func problemStatus(for code: KetenpoortError.Code) -> (HTTPResponseStatus, String) {
+        switch code {
+        case .unknownPartner: return (.forbidden, "Unknown partner")
+        case .forbidden: return (.forbidden, "Forbidden")
+        case .notFound: return (.notFound, "Not found")
+        case .invalidJSON: return (.badRequest, "Invalid JSON")
+        case .invalidRequest: return (.unprocessableEntity, "Invalid request")
+        case .invalidBSN: return (.unprocessableEntity, "Invalid BSN")
+        case .unsupportedMediaType: return (.unsupportedMediaType, "Unsupported media type")
+        case .payloadTooLarge: return (.payloadTooLarge, "Payload too large")
+        case .exchangeDenied: return (.forbidden, "Exchange denied")
+        case .idempotencyConflict: return (.conflict, "Idempotency conflict")
+        case .auditUnavailable: return (.serviceUnavailable, "Audit log unavailable")
+        case .methodNotAllowed: return (.methodNotAllowed, "Method not allowed")
+        case .requestTimeout: return (.requestTimeout, "Request timeout")
+        case .headersTooLarge: return (.requestHeaderFieldsTooLarge, "Request header fields too large")
+        case .serviceUnavailable: return (.serviceUnavailable, "Service unavailable")
+        default: return (.internalServerError, "Internal error")
+        }
+    }
+}
