@@ -1,0 +1,75 @@
+import ArgumentParser
+import Foundation
+import KetenpoortBench
+import KetenpoortCore
+import NIOHTTP1
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks: an HTTPS load generator over mutual TLS (default), and component benchmarks.",
+        subcommands: [BenchHTTP.self], defaultSubcommand: BenchHTTP.self)
+}
+
+struct BenchHTTP: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "http",
+        abstract: "Load an HTTPS server over mutual TLS (Ketenpoort or any other, such as nginx).",
+        discussion: """
+            Keep-alive connections in a closed loop by default; --rate holds a fixed arrival rate (latency is \
+            measured from each request's intended start); --new-connection-per-request measures handshakes.
+            """)
+
+    @Option(help: "https://HOST:PORT/PATH") var url: String
+    @Option(help: "Client certificate (PEM, then intermediates).") var cert: String?
+    @Option(help: "Client private key (PEM).") var key: String?
+    @Option(help: "CA bundle to verify the server.") var ca: String
+    @Option(help: "Number of connections.") var connections: Int = 16
+    @Option(help: "Seconds to run (default 10 unless --requests is given).") var duration: Double?
+    @Option(help: "Total requests to send.") var requests: Int?
+    @Option(help: "Fixed arrival rate, requests per second over all connections.") var rate: Double?
+    @Option(help: "HTTP method.") var method: String = "GET"
+    @Option(help: "File whose contents are sent as the request body.") var body: String?
+    @Option(help: "Extra header `Name: value` (repeatable).") var header: [String] = []
+    @Flag(help: "Open a new connection (full TLS handshake) for every request.") var newConnectionPerRequest = false
+    @Flag(help: "With --new-connection-per-request: resume TLS sessions.") var resumeSessions = false
+    @Option(help: "Event loop threads of the load generator.") var threads: Int = 1
+    @Option(help: "PID of the server, to report its CPU time per request (Linux).") var serverPid: Int32?
+    @Option(help: "Accepted status codes, e.g. 200-299 or 201.") var expectStatus: String = "200-299"
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard connections >= 1 && connections <= 10_000 else { throw ValidationError("--connections must be from 1 to 10000") }
+        if let duration, duration <= 0 { throw ValidationError("--duration must be above 0") }
+        if let requests, requests < 1 { throw ValidationError("--requests must be at least 1") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be above 0") }
+        if (cert == nil) != (key == nil) { throw ValidationError("--cert and --key go together") }
+    }
+
+    func run() async throws {
+        var options = try LoadOptions(url: url, certificatePath: cert, keyPath: key, caPath: ca)
+        options.connections = connections
+        options.duration = duration.map { .milliseconds(Int64($0 * 1000)) }
+        options.requests = requests
+        options.rate = rate
+        options.method = HTTPMethod(rawValue: method.uppercased())
+        options.newConnectionPerRequest = newConnectionPerRequest
+        options.resumeSessions = resumeSessions
+        options.threads = threads
+        if let body {
+            guard let data = FileManager.default.contents(atPath: body) else {
+                throw KetenpoortError(.fileUnreadable, "body file `\(body)` does not exist or cannot be read")
+            }
+            options.body = Array(data)
+        }
+        for line in header {
+            guard let colon = line.firstIndex(of: ":") else { throw ValidationError("--header must be `Name: value`") }
+            options.headers.append(
+                (String(line[..<colon]).trimmingCharacters(in: .whitespaces), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+        }
+        let parts = expectStatus.split(separator: "-").compactMap { UInt($0) }
+        guard parts.count == 1 || parts.count == 2 else { throw ValidationError("--expect-status must be like 200-299 or 201") }
+        options.expectedStatus = parts[0]...(parts.count == 2 ? parts[1] : parts[0])
+        let report = try await LoadGenerator.run(options, serverPID: serverPid)
+        print(json ? report.json.serialized() : report.text)
+    }
+}
