@@ -27,6 +27,13 @@ public struct GatewayAddresses: Sendable {
         let shown = host.contains(":") ? "[\(host)]" : host
         return "https://\(shown):\(main.port ?? 0)"
     }
+
+    /// `http://HOST:PORT` of the operations listener.
+    public var operationsURL: String {
+        let host = operations.ipAddress ?? "127.0.0.1"
+        let shown = host.contains(":") ? "[\(host)]" : host
+        return "http://\(shown):\(operations.port ?? 0)"
+    }
 }
 
 /// The listeners of the gateway: mutual TLS on the main address, plain HTTP on the loopback

@@ -32,6 +32,7 @@ func runGateway(_ configuration: GatewayConfiguration, afterReady: (@Sendable (G
     let logger = Logger(label: "ketenpoort")
     try await Gateway.run(configuration: configuration, logger: logger) { addresses in
         announce("ready: \(addresses.mainURL)")
+        announce("operations: \(addresses.operationsURL)")
         afterReady?(addresses)
     }
 }

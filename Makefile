@@ -1,0 +1,45 @@
+# Ketenpoort — the two commands: `make demo` and `make test`.
+SWIFT ?= swift
+BUILD_DEPS := libssl-dev libsqlite3-dev pkg-config openssl
+TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3
+BIN_DEBUG := .build/debug/ketenpoort
+BIN_RELEASE := .build/release/ketenpoort
+
+.PHONY: demo test deps test-deps build release bench bench-smoke policy-check policy-test format clean
+
+deps:
+	@scripts/install-deps.sh $(BUILD_DEPS)
+
+test-deps:
+	@scripts/install-deps.sh $(TEST_DEPS)
+
+build: deps
+	$(SWIFT) build --product ketenpoort
+
+release: deps
+	$(SWIFT) build -c release --product ketenpoort
+
+## make demo: build, create .demo/ (PKI, keys, configuration) when absent, run the gateway on Policies/.
+demo: build
+	$(BIN_DEBUG) demo --dir .demo
+
+## make test: every test — unit, policy tests, integration over real mutual TLS, CLI — and a bench smoke run.
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(BIN_DEBUG) policy check Policies
+	$(BIN_DEBUG) policy test Policies
+	$(SWIFT) test --skip-build
+	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
+
+## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).
+bench: release test-deps
+	python3 scripts/bench.py --bin $(BIN_RELEASE)
+
+policy-check: build
+	$(BIN_DEBUG) policy check Policies
+
+policy-test: build
+	$(BIN_DEBUG) policy test Policies
+
+clean:
+	rm -rf .build .demo

@@ -1,0 +1,112 @@
+import Foundation
+import Synchronization
+
+/// A gateway started as a real process on free loopback ports, stopped by its PID.
+final class GatewayProcess: @unchecked Sendable {
+    let process: Process
+    let directory: String
+    let configPath: String
+    private(set) var port = 0
+    private(set) var operationsPort = 0
+    private let output = TextBuffer()
+    private let errors = TextBuffer()
+
+    /// Writes a configuration (the development PKI, `Policies/`, ports chosen by the kernel) with
+    /// `extra` YAML appended, and starts `ketenpoort serve`.
+    init(extraConfiguration: String = "", tlsSection: String? = nil, policies: String? = nil) throws {
+        directory = temporaryDirectory("ketenpoort-gateway")
+        configPath = directory + "/gateway.yaml"
+        let tls = tlsSection ?? """
+            tls:
+              certificate: \(PKIFixture.path("gateway/server.crt"))
+              key: \(PKIFixture.path("gateway/server.key"))
+              client_ca: \(PKIFixture.path("ca.crt"))
+              crl: \(PKIFixture.path("crl.pem"))
+            """
+        try write(
+            """
+            listen: 127.0.0.1:0
+            ops_listen: 127.0.0.1:0
+            event_loop_threads: 1
+            log_level: notice
+            policies: \(policies ?? packageRoot + "/Policies")
+            database: \(directory)/ketenpoort.db
+            \(tls)
+            \(extraConfiguration)
+            """, to: configPath)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: ketenpoortBinary)
+        process.arguments = ["serve", "--config", configPath]
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        let ready = DispatchSemaphore(value: 0)
+        out.fileHandleForReading.readabilityHandler = { [output] handle in
+            let data = handle.availableData
+            if data.isEmpty { return }
+            let text = String(decoding: data, as: UTF8.self)
+            output.append(text)
+            if output.value.contains("operations: ") { ready.signal() }
+        }
+        err.fileHandleForReading.readabilityHandler = { [errors] handle in
+            let data = handle.availableData
+            if !data.isEmpty { errors.append(String(decoding: data, as: UTF8.self)) }
+        }
+        try process.run()
+        guard ready.wait(timeout: .now() + 60) == .success else {
+            process.terminate()
+            throw GatewayProcessError(message: "gateway did not become ready: \(errors.value)")
+        }
+        let text = output.value
+        port = GatewayProcess.port(in: text, after: "ready: https://127.0.0.1:")
+        operationsPort = GatewayProcess.port(in: text, after: "operations: http://127.0.0.1:")
+    }
+
+    static func port(in text: String, after prefix: String) -> Int {
+        guard let range = text.range(of: prefix) else { return 0 }
+        return Int(text[range.upperBound...].prefix(while: { $0.isNumber })) ?? 0
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var stderr: String { errors.value }
+
+    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// SIGTERM and wait; returns the exit status.
+    @discardableResult
+    func stop(timeout: Double = 30) -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// Text collected from a pipe on another thread.
+final class TextBuffer: Sendable {
+    private let text = Mutex("")
+    func append(_ more: String) { text.withLock { $0 += more } }
+    var value: String { text.withLock { $0 } }
+}
+
+struct GatewayProcessError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// A GET/POST over plain HTTP to the operations listener.
+func operationsGet(port: Int, path: String) throws -> (status: Int, body: String) {
+    let r = try runProcess("curl", ["-s", "-o", "-", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)\(path)"])
+    let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+    let status = Int(lines.last ?? "") ?? 0
+    return (status, lines.dropLast().joined(separator: "\n"))
+}
