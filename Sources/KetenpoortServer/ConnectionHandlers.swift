@@ -1,74 +1,99 @@
 import KetenpoortCore
 import KetenpoortTLS
 import NIOCore
+import Metrics
 import NIOHTTP1
 
 /// Asks a connection to finish its current request and close (graceful shutdown).
 public struct QuiesceEvent: Sendable {}
 
-/// The per-connection timers: idle between requests, header (slow senders), and request.
+/// The per-connection timeouts: idle between requests, header (slow senders), and request.
 /// Shared by ``ByteActivityHandler`` (which sees raw bytes) and ``GatewayHTTPHandler`` (which
 /// sees parsed requests). Event-loop bound: used only from the connection's event loop.
+///
+/// Phase changes only record a timestamp; one repeating tick per connection checks the
+/// deadline, so a request costs no timer scheduling.
 final class ConnectionClock {
     enum Phase { case awaitingHandshake, idle, receivingHead, handling }
 
     private(set) var phase: Phase = .awaitingHandshake
-    private var timer: Scheduled<Void>?
-    private let limits: GatewayLimits
+    private var phaseStarted = NIODeadline.now()
+    private var ticker: Scheduled<Void>?
+    private var stopped = false
+    private let idleTimeout: TimeAmount
+    private let headerTimeout: TimeAmount
+    private let requestTimeout: TimeAmount
+    private let tick: TimeAmount
     private let metrics: GatewayMetrics
-    /// Called when the request timer fires while a request is being handled.
+    /// Called when the request timeout passes while a request is being handled.
     var onRequestTimeout: (() -> Void)?
 
     init(limits: GatewayLimits, metrics: GatewayMetrics) {
-        self.limits = limits
         self.metrics = metrics
+        idleTimeout = ConnectionClock.amount(limits.idleTimeout)
+        headerTimeout = ConnectionClock.amount(limits.headerTimeout)
+        requestTimeout = ConnectionClock.amount(limits.requestTimeout)
+        let shortest = min(idleTimeout, headerTimeout, requestTimeout)
+        tick = max(.milliseconds(100), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 5)))
+    }
+
+    static func amount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }
 
     func handshakeCompleted(context: ChannelHandlerContext) {
         guard phase == .awaitingHandshake else { return }
-        becomeIdle(context: context)
+        enter(.idle)
+        scheduleTick(context: context)
     }
 
-    func bytesArrived(context: ChannelHandlerContext) {
-        guard phase == .idle else { return }
-        phase = .receivingHead
-        arm(context: context, after: limits.headerTimeout) { context in
-            // A client that trickles its header is dropped.
-            context.close(promise: nil)
+    private func scheduleTick(context: ChannelHandlerContext) {
+        guard !stopped else { return }
+        ticker = context.eventLoop.assumeIsolated().scheduleTask(in: tick) { [weak self] in
+            guard let self, !self.stopped else { return }
+            self.check(context: context)
+            self.scheduleTick(context: context)
         }
     }
 
-    func headReceived(context: ChannelHandlerContext) {
-        phase = .handling
-        arm(context: context, after: limits.requestTimeout) { [weak self] context in
-            if let onTimeout = self?.onRequestTimeout { onTimeout() } else { context.close(promise: nil) }
-        }
+    @inline(__always) func bytesArrived() {
+        if phase == .idle { enter(.receivingHead) }
     }
 
-    func responseCompleted(context: ChannelHandlerContext) {
-        becomeIdle(context: context)
-    }
+    func headReceived() { enter(.handling) }
+
+    func responseCompleted() { enter(.idle) }
 
     func cancel() {
-        timer?.cancel()
-        timer = nil
+        stopped = true
+        ticker?.cancel()
+        ticker = nil
     }
 
-    private func becomeIdle(context: ChannelHandlerContext) {
-        phase = .idle
-        arm(context: context, after: limits.idleTimeout) { context in
-            context.close(promise: nil)
-        }
+    private func enter(_ next: Phase) {
+        phase = next
+        phaseStarted = .now()
     }
 
-    private func arm(context: ChannelHandlerContext, after duration: Duration, _ action: @escaping (ChannelHandlerContext) -> Void) {
-        timer?.cancel()
-        let phaseAtArm = phase
-        let nanoseconds = Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] in
-            guard let self, self.phase == phaseAtArm else { return }
-            if phaseAtArm == .receivingHead { self.metrics.droppedSlowClients.increment() }
-            action(context)
+    private func check(context: ChannelHandlerContext) {
+        let elapsed = NIODeadline.now() - phaseStarted
+        switch phase {
+        case .awaitingHandshake:
+            break
+        case .idle:
+            if elapsed >= idleTimeout { context.close(promise: nil) }
+        case .receivingHead:
+            if elapsed >= headerTimeout {
+                // A client that trickles its header is dropped.
+                metrics.droppedSlowClients.increment()
+                cancel()
+                context.close(promise: nil)
+            }
+        case .handling:
+            if elapsed >= requestTimeout {
+                cancel()
+                if let onRequestTimeout { onRequestTimeout() } else { context.close(promise: nil) }
+            }
         }
     }
 }
@@ -83,7 +108,7 @@ final class ByteActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
     init(clock: ConnectionClock) { self.clock = clock }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        clock.bytesArrived(context: context)
+        clock.bytesArrived()
         context.fireChannelRead(data)
     }
 
@@ -126,6 +151,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
     private var peerCertificate: CertificateInfo?
     private var closeAfterResponse = false
     private var responseStarted = false
+    // The last request counter used, so a keep-alive connection asks the registry once.
+    private var lastRoute = ""
+    private var lastStatus: UInt = 0
+    private var lastCounter: Counter?
 
     init(responder: GatewayResponder, limits: GatewayLimits, metrics: GatewayMetrics, clock: ConnectionClock) {
         self.responder = responder
@@ -162,9 +191,44 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        if case .responding = state {
+            queuePipelined(part, context: context)
+            return
+        }
+        if !pipelined.isEmpty {
+            queuePipelined(part, context: context)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    /// HTTP/1.1 pipelining: parts of the next request wait until the current response is sent.
+    private var pipelined: [HTTPServerRequestPart] = []
+    private var pipelinedBytes = 0
+
+    private func queuePipelined(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        if case .body(let chunk) = part { pipelinedBytes += chunk.readableBytes }
+        pipelined.append(part)
+        if pipelined.count > 1_024 || pipelinedBytes > limits.maxBodyBytes {
+            // A client that pipelines without reading answers is cut off.
+            context.close(promise: nil)
+        }
+    }
+
+    private func drainPipelined(context: ChannelHandlerContext) {
+        while !pipelined.isEmpty {
+            if case .responding = state { return }
+            let part = pipelined.removeFirst()
+            if case .body(let chunk) = part { pipelinedBytes -= chunk.readableBytes }
+            handle(part, context: context)
+        }
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
-            clock.headReceived(context: context)
+            clock.headReceived()
             responseStarted = false
             if !head.isKeepAlive { closeAfterResponse = true }
             if let refusal = refusal(for: head) {
@@ -240,12 +304,24 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
     private func write(context: ChannelHandlerContext, _ response: GatewayResponse) {
         guard context.channel.isActive else { return }
         responseStarted = true
-        metrics.requestCounter(route: response.route, status: response.status.code).increment()
+        let status = response.status.code
+        if let counter = lastCounter, status == lastStatus, response.route == lastRoute {
+            counter.increment()
+        } else {
+            let counter = metrics.requestCounter(route: response.route, status: status)
+            counter.increment()
+            lastCounter = counter
+            lastRoute = response.route
+            lastStatus = status
+        }
         var headers = response.headers
-        headers.replaceOrAdd(name: "content-length", value: String(response.body.count))
-        headers.replaceOrAdd(name: "cache-control", value: "no-store")
-        headers.replaceOrAdd(name: "x-content-type-options", value: "nosniff")
-        if closeAfterResponse { headers.replaceOrAdd(name: "connection", value: "close") }
+        if !response.headersComplete {
+            headers.reserveCapacity(headers.count + 4)
+            headers.add(name: "content-length", value: String(response.body.count))
+            headers.add(name: "cache-control", value: "no-store")
+            headers.add(name: "x-content-type-options", value: "nosniff")
+        }
+        if closeAfterResponse { headers.add(name: "connection", value: "close") }
         let head = HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if !response.body.isEmpty {
@@ -262,7 +338,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
                 context.close(promise: nil)
             } else if !discarding {
                 self.state = .idle
-                self.clock.responseCompleted(context: context)
+                self.clock.responseCompleted()
+                self.drainPipelined(context: context)
             }
         }
     }

@@ -17,15 +17,27 @@ public enum Identification: Sendable {
     case refused(GatewayResponse)
 }
 
-/// What the gateway decides with; swapped as a whole on reload.
-public struct GatewaySnapshot: Sendable {
-    public var registry: PartnerRegistry
+/// What the gateway decides with; immutable, swapped as a whole on reload.
+public final class GatewaySnapshot: Sendable {
+    public let registry: PartnerRegistry
     /// Content hash of the policy set the snapshot was built from.
-    public var policyVersion: String
+    public let policyVersion: String
+    /// `/v1/whoami` answers, serialised once per caller.
+    let whoamiResponses: [String: GatewayResponse]
 
     public init(registry: PartnerRegistry, policyVersion: String) {
         self.registry = registry
         self.policyVersion = policyVersion
+        var bodies: [String: GatewayResponse] = [:]
+        for p in registry.partners {
+            let value: JSONValue = ["partner": ["id": .string(p.id), "name": .string(p.name), "kind": .string(p.kind), "oin": .string(p.oin.value)]]
+            bodies["partner:" + p.id] = .prepared(status: .ok, contentType: "application/json", body: Array(value.serialized().utf8), route: "/v1/whoami")
+        }
+        for o in registry.officers {
+            let value: JSONValue = ["officer": ["id": .string(o.id), "name": .string(o.name), "role": .string(o.role)]]
+            bodies["officer:" + o.id] = .prepared(status: .ok, contentType: "application/json", body: Array(value.serialized().utf8), route: "/v1/whoami")
+        }
+        whoamiResponses = bodies
     }
 }
 
@@ -57,7 +69,7 @@ public struct GatewayApplication: GatewayResponder {
         }
         switch (request.method, request.path) {
         case (.GET, "/v1/whoami"):
-            return whoami(caller)
+            return whoami(caller, snapshot: state.snapshot)
         case (_, "/v1/whoami"):
             return methodNotAllowed(route: "/v1/whoami", allowed: "GET")
         default:
@@ -73,7 +85,8 @@ public struct GatewayApplication: GatewayResponder {
                 GatewayResponse.problem(
                     .forbidden, code: .forbidden, title: "Forbidden", detail: "a client certificate is required", route: "identity"))
         }
-        let registry = state.snapshot.registry
+        let snapshot = state.snapshot
+        let registry = snapshot.registry
         if let serial = certificate.subjectSerialNumber {
             if let partner = registry.partner(oin: serial) {
                 guard pinned(partner.certificateFingerprints, certificate) else {
@@ -105,7 +118,13 @@ public struct GatewayApplication: GatewayResponder {
             detail: "the partner pins its certificate fingerprints and this certificate is not one of them", route: "identity")
     }
 
-    func whoami(_ caller: Caller) -> GatewayResponse {
+    func whoami(_ caller: Caller, snapshot: GatewaySnapshot) -> GatewayResponse {
+        let key: String
+        switch caller {
+        case .partner(let p): key = "partner:" + p.id
+        case .officer(let o): key = "officer:" + o.id
+        }
+        if let response = snapshot.whoamiResponses[key] { return response }
         switch caller {
         case .partner(let p):
             return .json(

@@ -125,7 +125,8 @@ public final class GatewayServer: Sendable {
                             context: self.tls.context, handshakeTimeout: handshakeTimeout,
                             onHandshakeFailure: { reason in metrics.handshakeFailed(reason) }))
                     try sync.addHandler(ByteActivityHandler(clock: clock))
-                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                    // Pipelining is handled by GatewayHTTPHandler itself (one hop less per request).
+                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
                     try sync.addHandler(
                         GatewayHTTPHandler(responder: self.responder, limits: limits, metrics: metrics, clock: clock))
                     return channel.eventLoop.makeSucceededVoidFuture()

@@ -64,12 +64,27 @@ public struct GatewayResponse: Sendable {
     public var headers: HTTPHeaders
     public var body: [UInt8]
     public var route: String
+    /// The headers already include content-length and the standard response headers (a
+    /// response prepared once and served many times).
+    var headersComplete = false
 
     public init(status: HTTPResponseStatus, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [], route: String) {
         self.status = status
         self.headers = headers
         self.body = body
         self.route = route
+    }
+
+    /// A response whose headers are complete: served as is.
+    static func prepared(status: HTTPResponseStatus, contentType: String, body: [UInt8], route: String) -> GatewayResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: contentType)
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "cache-control", value: "no-store")
+        headers.add(name: "x-content-type-options", value: "nosniff")
+        var response = GatewayResponse(status: status, headers: headers, body: body, route: route)
+        response.headersComplete = true
+        return response
     }
 
     /// A JSON answer.

@@ -248,17 +248,19 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let ssl else { return }
-        var producedAny = false
         while state == .active || state == .closing {
-            var buffer = context.channel.allocator.buffer(capacity: 16_384)
+            // Plaintext is never longer than the ciphertext waiting, nor than one record.
+            let waiting = kp_BIO_pending(readBIO) + Int(SSL_pending(ssl))
+            if waiting == 0 { break }
+            let capacity = min(max(waiting, 256), 16_384)
+            var buffer = context.channel.allocator.buffer(capacity: capacity)
             var readBytes = 0
             ERR_clear_error()
-            let rc = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16_384) { pointer -> Int in
+            let rc = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { pointer -> Int in
                 let ok = SSL_read_ex(ssl, pointer.baseAddress, pointer.count, &readBytes)
                 return ok == 1 ? readBytes : 0
             }
             if rc > 0 {
-                producedAny = true
                 context.fireChannelRead(wrapInboundOut(buffer))
                 continue
             }
@@ -281,7 +283,6 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         // Post-handshake messages (session tickets, key updates) may have produced output.
         if kp_BIO_pending(writeBIO) > 0 { flushNetwork(context: context, promise: nil) }
-        _ = producedAny
     }
 
     // MARK: Outbound

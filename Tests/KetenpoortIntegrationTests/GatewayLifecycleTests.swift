@@ -176,3 +176,22 @@ struct GatewayLifecycleTests {
     }
 }
 
+
+@Suite("HTTP/1.1 details")
+struct HTTPDetailsTests {
+    @Test("pipelined requests are answered in order on one connection")
+    func pipelining() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let (cert, key) = PKIFixture.partner("wijkteam-dordrecht")
+        // Two requests in one write; openssl s_client keeps the connection and prints both answers.
+        let request = "GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n\r\nGET /v1/unknown HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        let r = try runProcess(
+            "openssl", ["s_client", "-quiet", "-ign_eof", "-connect", "127.0.0.1:\(gateway.port)", "-cert", cert, "-cert_chain", cert, "-key", key, "-CAfile", PKIFixture.path("ca.crt")],
+            stdin: request)
+        let first = try #require(r.stdout.range(of: "HTTP/1.1 200 OK"))
+        let second = try #require(r.stdout.range(of: "HTTP/1.1 404 Not Found"))
+        #expect(first.lowerBound < second.lowerBound)
+        #expect(r.stdout.contains("\"id\":\"wijkteam-dordrecht\""))
+    }
+}
