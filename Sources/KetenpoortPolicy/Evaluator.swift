@@ -1,0 +1,350 @@
+import KetenpoortCore
+
+/// What a decision obliges the gateway to do with a permitted exchange.
+public struct Obligations: Sendable, Hashable {
+    /// Released `category.field` → transform (pseudonymise/token domains are the recipient's).
+    public var released: [String: FieldTransform] = [:]
+    public var withheld: Set<String> = []
+    /// The date by which the subject must be informed (`nil`: no duty, or deferred).
+    public var informSubjectBy: String?
+    public var informDeferredGround: String?
+    /// A safety-exception exchange: a privacy officer reviews it afterwards.
+    public var review = false
+    public var retentionYears: Int?
+    public var confidentiality = Confidentiality()
+    /// The lawful basis per released category (DPV term and references).
+    public var lawfulBasis: [String: String] = [:]
+    public var reidentificationAllowed = false
+    public init() {}
+}
+
+/// One rule consulted for a decision, matched or not, and why.
+public struct RuleTrace: Sendable, Hashable {
+    public enum Kind: String, Sendable { case route, forbid, check }
+    public let kind: Kind
+    public let id: String
+    public let label: String
+    public let matched: Bool
+    public let reason: String
+}
+
+/// A decision as a value: permit or deny, the deciding rules, the obligations, the explanation.
+public struct Decision: Sendable {
+    public enum Effect: String, Sendable { case permit, deny }
+    public let effect: Effect
+    /// The deciding rule ids: the permitting route, or the forbids/checks that denied.
+    public let rules: [String]
+    public let obligations: Obligations
+    /// Every rule consulted, in order (for `policy explain`).
+    public let trace: [RuleTrace]
+    public let policyVersion: String
+
+    public var isPermit: Bool { effect == .permit }
+
+    /// The explanation in the policy's own words: the deciding rules' labels and reasons.
+    public var explanation: [String] {
+        let deciding = Set(rules)
+        return trace.filter { deciding.contains($0.id) && ($0.matched == (effect == .permit) || $0.kind != .route) }
+            .map { "\($0.id): \($0.label) — \($0.reason)" }
+    }
+}
+
+extension PolicySet {
+    /// Decides one exchange. Pure; default deny; a forbid overrides any permit; a route whose
+    /// ground does not hold never permits.
+    public func evaluate(_ request: DecisionRequest) -> Decision {
+        var trace: [RuleTrace] = []
+        func deny(_ id: String, _ label: String, _ reason: String) -> Decision {
+            trace.append(RuleTrace(kind: .check, id: id, label: label, matched: true, reason: reason))
+            return Decision(effect: .deny, rules: [id], obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+        }
+        guard let table = tables[request.caseTable] else {
+            return deny("unknown-case-table", "Onbekende casustafel", "no case table `\(request.caseTable)` is declared")
+        }
+        guard let sender = registry.partner(id: request.sender) else {
+            return deny("unknown-sender", "Onbekende afzender", "sender `\(request.sender)` is not in partners.yaml")
+        }
+        guard let recipient = registry.partner(id: request.recipient) else {
+            return deny("unknown-recipient", "Onbekende ontvanger", "recipient `\(request.recipient)` is not in partners.yaml")
+        }
+        guard table.purposes[request.purpose] != nil else {
+            return deny("undeclared-purpose", "Doelbinding", "purpose `\(request.purpose)` is not declared for `\(table.id)`")
+        }
+        guard !request.fields.isEmpty else {
+            return deny("nothing-requested", "Geen gegevens", "the exchange carries no fields")
+        }
+
+        // Permit: the first route that matches and whose ground holds.
+        var permit: (route: Route, obligations: Obligations)? = nil
+        for index in table.candidateRoutes(from: sender, to: recipient, purpose: request.purpose) {
+            let route = table.routes[index]
+            switch evaluate(route: route, table: table, request: request, sender: sender, recipient: recipient) {
+            case .success(let obligations):
+                trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.released.count) field(s)"))
+                if permit == nil { permit = (route, obligations) }
+            case .failure(let why):
+                trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: false, reason: why.reason))
+            }
+        }
+        if trace.isEmpty {
+            trace.append(RuleTrace(kind: .check, id: "no-route", label: "Geen route", matched: true, reason: "no route of `\(table.id)` goes from `\(sender.id)` to `\(recipient.id)` for `\(request.purpose)`"))
+        }
+
+        // Forbids: evaluated always (explain shows them), and they override any permit.
+        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: permit.map { Set($0.obligations.released.keys) } ?? request.fields, registry: registry)
+        var forbidding: [String] = []
+        for rule in table.forbids + regionForbids {
+            let (matched, reason) = context.matches(rule)
+            trace.append(RuleTrace(kind: .forbid, id: rule.id, label: rule.label, matched: matched, reason: reason))
+            if matched { forbidding.append(rule.id) }
+        }
+        if !forbidding.isEmpty {
+            return Decision(effect: .deny, rules: forbidding, obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+        }
+        guard let permit else {
+            let ids = trace.filter { $0.kind != .forbid }.map(\.id)
+            return Decision(effect: .deny, rules: ids, obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+        }
+        return Decision(effect: .permit, rules: [permit.route.id], obligations: permit.obligations, trace: trace, policyVersion: version)
+    }
+
+    struct RouteFailure: Error { let reason: String }
+
+    func evaluate(route: Route, table: CaseTable, request: DecisionRequest, sender: Partner, recipient: Partner) -> Result<Obligations, RouteFailure> {
+        let facts = request.facts
+        for condition in route.conditions {
+            let holds: Bool
+            switch condition {
+            case "supervision_order_active": holds = facts.supervisionOrderActive
+            case "supervision_order_by_recipient": holds = facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id
+            case "vt_investigation_open": holds = facts.vtInvestigationOpen
+            case "no_vt_investigation": holds = !facts.vtInvestigationOpen
+            default: holds = false  // an unknown condition never permits
+            }
+            if !holds { return .failure(RouteFailure(reason: "condition `\(condition)` does not hold")) }
+        }
+        guard request.subjects.count <= route.maxSubjects else {
+            return .failure(RouteFailure(reason: "\(request.subjects.count) subjects exceed the route's maximum of \(route.maxSubjects)"))
+        }
+        let groundName = request.basis.ground
+        guard let ground = route.grounds[groundName] else {
+            return .failure(RouteFailure(reason: "the route does not accept ground `\(groundName)` (it accepts \(route.grounds.keys.sorted().joined(separator: ", ")))"))
+        }
+        // The ground itself.
+        var consentCovers: Set<String>? = nil
+        switch request.basis {
+        case .consent(let ids):
+            switch consentCoverage(ids: ids, request: request, recipient: recipient) {
+            case .success(let covered): consentCovers = covered
+            case .failure(let failure): return .failure(failure)
+            }
+        case .safetyException(let s):
+            if let kind = Vocabulary.groundRecipientKind[s.ground], recipient.kind != kind {
+                return .failure(RouteFailure(reason: "ground `\(s.ground)` is valid only towards a `\(kind)` recipient"))
+            }
+            if s.ground == "jw-7.3.11-4" && !(facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id) {
+                return .failure(RouteFailure(reason: "ground `jw-7.3.11-4` needs an active supervision order carried out by `\(recipient.id)`"))
+            }
+            if s.ground == "conflict-of-duties" && !s.conflictJudgementComplete {
+                return .failure(RouteFailure(reason: "conflict of duties needs the complete recorded judgement"))
+            }
+            if ground.requiresMeldcode && !s.meldcodeStepsRecorded {
+                return .failure(RouteFailure(reason: "the meldcode steps must be recorded"))
+            }
+            if !s.hasJustification || !s.hasProfessional {
+                return .failure(RouteFailure(reason: "a safety exception needs a justification and the professional's reference"))
+            }
+        case .statutory(let article):
+            if let required = ground.article, required != article {
+                return .failure(RouteFailure(reason: "the route's statutory duty is `\(required)`, not `\(article)`"))
+            }
+        }
+        // What flows: requested ∩ carried by the route (not dropped) ∩ released by the ground ∩ covered by consent.
+        var obligations = Obligations()
+        for path in request.fields.sorted() {
+            let parts = path.split(separator: ".", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let category = route.categories[parts[0]], let transform = category.fields[parts[1]], transform != .drop,
+                ground.releases(path), consentCovers.map({ $0.contains(parts[0]) }) ?? true
+            else {
+                obligations.withheld.insert(path)
+                continue
+            }
+            obligations.released[path] = transform
+            obligations.lawfulBasis[parts[0]] = category.basis
+        }
+        guard !obligations.released.isEmpty else {
+            return .failure(RouteFailure(reason: "ground `\(groundName)` lets none of the requested fields through"))
+        }
+        let safety = Vocabulary.safetyExceptionGrounds.contains(groundName)
+        obligations.review = safety
+        if safety || groundName == "statutory" {
+            switch route.inform {
+            case .before: obligations.informSubjectBy = facts.date
+            case .after(let days): obligations.informSubjectBy = DateText.adding(days: days, to: facts.date)
+            case .deferred(let g): obligations.informDeferredGround = g
+            case .notRequired: break
+            }
+        }
+        obligations.retentionYears = route.retentionYears
+        obligations.confidentiality = route.confidentiality
+        obligations.reidentificationAllowed = route.allowReidentification
+        return .success(obligations)
+    }
+
+    /// For each person whose data flows, a valid consent from someone with the capacity to give
+    /// it (domain.md "Who may consent to sharing"). Returns the categories every needed consent covers.
+    func consentCoverage(ids: [String], request: DecisionRequest, recipient: Partner) -> Result<Set<String>, RouteFailure> {
+        let referenced = Set(ids)
+        let date = request.facts.date
+        let valid = request.facts.consents.filter { c in
+            referenced.contains(c.id) && !c.withdrawn && (c.validFrom.map { $0 <= date } ?? true) && (c.validUntil.map { $0 >= date } ?? true)
+                && c.purposes.contains(request.purpose) && (c.recipients.contains(recipient.id) || c.recipients.contains("kind:" + recipient.kind))
+        }
+        for id in referenced where !request.facts.consents.contains(where: { $0.id == id }) {
+            return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
+        }
+        guard !request.subjects.isEmpty else { return .failure(RouteFailure(reason: "a consent basis needs the subjects the data is about")) }
+        var covered = request.categories
+        for subject in request.subjects {
+            let concerns = subject.categories.map { $0.intersection(request.categories) } ?? request.categories
+            if concerns.isEmpty { continue }
+            let mine = valid.filter { $0.subject == subject.ref }
+            let capable: [ConsentFact]
+            let age = subject.age ?? 18
+            if !subject.competent || age < 12 {
+                if let guardian = subject.guardian {
+                    capable = mine.filter { $0.grantor == "guardian" && $0.grantorRef == guardian }
+                } else if age >= 18 {
+                    capable = mine.filter { $0.grantor == "representative" }
+                } else {
+                    // Every parent with custody must consent (joint custody: both).
+                    guard !subject.custodyHolders.isEmpty else {
+                        return .failure(RouteFailure(reason: "subject `\(subject.ref)` cannot consent and no parent holds custody"))
+                    }
+                    let parents = mine.filter { $0.grantor == "parent_with_custody" }
+                    for holder in subject.custodyHolders where !parents.contains(where: { $0.grantorRef == holder }) {
+                        return .failure(RouteFailure(reason: "subject `\(subject.ref)` is under 12 or not competent: every parent with custody must consent, `\(holder)` did not"))
+                    }
+                    var categories = concerns
+                    for holder in subject.custodyHolders {
+                        let theirs = parents.filter { $0.grantorRef == holder }.reduce(into: Set<String>()) { $0.formUnion($1.categories) }
+                        categories.formIntersection(theirs)
+                    }
+                    covered.subtract(concerns.subtracting(categories))
+                    if categories.isEmpty { return .failure(RouteFailure(reason: "the parents' consents cover none of the categories about `\(subject.ref)`")) }
+                    continue
+                }
+            } else {
+                // From 12 the young person decides alone; parents neither co-consent nor veto.
+                capable = mine.filter { $0.grantor == "self" }
+            }
+            if capable.isEmpty {
+                let reason = mine.isEmpty ? "no valid consent of or for `\(subject.ref)`" : "the consent for `\(subject.ref)` was not given by someone with the capacity to give it"
+                return .failure(RouteFailure(reason: reason))
+            }
+            let categories = capable.reduce(into: Set<String>()) { $0.formUnion($1.categories) }
+            covered.subtract(concerns.subtracting(categories))
+        }
+        return .success(covered)
+    }
+}
+
+/// The facts a forbid rule can test, computed once per decision.
+struct ForbidContext {
+    let request: DecisionRequest
+    let table: CaseTable
+    let sender: Partner
+    let recipient: Partner
+    let route: Route?
+    let released: Set<String>
+    let registry: PartnerRegistry
+
+    func matches(_ rule: ForbidRule) -> (Bool, String) {
+        if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return (false, "the sender is not \(list(rule.from))") }
+        if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return (false, "the recipient is not \(list(rule.to))") }
+        if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return (false, "the purpose is not \(rule.purposes.sorted().joined(separator: ", "))") }
+        if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return (false, "the ground is not \(rule.grounds.sorted().joined(separator: ", "))") }
+        let releasedCategories = Set(released.map { $0.split(separator: ".").first.map(String.init) ?? $0 })
+        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return (false, "none of \(rule.categories.sorted().joined(separator: ", ")) would flow") }
+        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return (false, "none of \(rule.fields.sorted().joined(separator: ", ")) would flow") }
+        for fact in rule.facts where !holds(fact) { return (false, "`\(fact)` does not hold") }
+        return (true, "all its conditions hold")
+    }
+
+    func list(_ refs: [PartyRef]) -> String { refs.map(\.description).joined(separator: ", ") }
+
+    func holds(_ fact: String) -> Bool {
+        let facts = request.facts
+        switch fact {
+        case "case_closed": return facts.caseClosed
+        case "sender_not_member": return !table.isMember(sender, on: facts.date)
+        case "recipient_not_member": return !table.isMember(recipient, on: facts.date)
+        case "statutory_ground_wrong_recipient":
+            guard let kind = Vocabulary.groundRecipientKind[request.basis.ground] else { return false }
+            if recipient.kind != kind { return true }
+            if request.basis.ground == "jw-7.3.11-4" { return !(facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id) }
+            return false
+        case "safety_exception_incomplete":
+            guard case .safetyException(let s) = request.basis else { return false }
+            return !s.hasJustification || !s.hasProfessional || (s.ground == "conflict-of-duties" && !s.conflictJudgementComplete)
+        case "bulk":
+            return request.subjects.count > (route?.maxSubjects ?? 8)
+        case "location_may_reach_kept_apart":
+            let refs = Set(request.subjects.map(\.ref))
+            let keptApart = facts.keepApart.contains { refs.contains($0.0) }
+            let discloses = route?.disclosesToFamily ?? true
+            return keptApart && discloses
+        case "bystander_reporter_without_consent":
+            return facts.reporterKind == "bystander" && !facts.reporterConsented
+        case "reporter_protected":
+            return facts.reporterProtected
+        case "consent_without_capacity":
+            guard case .consent(let ids) = request.basis else { return false }
+            let used = facts.consents.filter { ids.contains($0.id) }
+            return !used.isEmpty && used.allSatisfy { $0.grantor == "parent_without_custody" }
+        default:
+            return true  // an unknown fact never lets a forbid fail open
+        }
+    }
+}
+
+/// ISO date arithmetic without Foundation (pure core).
+enum DateText {
+    static func adding(days: Int, to date: String) -> String {
+        let parts = date.split(separator: "-").compactMap { Int($0) }
+        guard parts.count == 3 else { return date }
+        let (y, m, d) = civilFromDays(daysFromCivil(parts[0], parts[1], parts[2]) + days)
+        func pad(_ n: Int, _ w: Int) -> String { String(repeating: "0", count: max(0, w - String(n).count)) + String(n) }
+        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))"
+    }
+
+    // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
+    static func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
+        let y = m <= 2 ? y0 - 1 : y0
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146097 + doe - 719468
+    }
+
+    static func civilFromDays(_ z0: Int) -> (Int, Int, Int) {
+        let z = z0 + 719468
+        let era = (z >= 0 ? z : z - 146096) / 146097
+        let doe = z - era * 146097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+        let y = yoe + era * 400
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp + (mp < 10 ? 3 : -9)
+        return (m <= 2 ? y + 1 : y, m, d)
+    }
+}
+
+extension Obligations {
+    init(withheld: Set<String>) {
+        self.init()
+        self.withheld = withheld
+    }
+}

@@ -1,0 +1,135 @@
+import KetenpoortCore
+import Yams
+
+/// The partner kinds of `domain.md` (closed vocabulary).
+public let partnerKinds: Set<String> = [
+    "local_team", "veilig_thuis", "child_protection_board", "certified_institution",
+    "regional_safety_team", "youth_health_care", "adult_mental_health", "general_practice",
+    "womens_shelter", "police", "public_prosecution", "probation", "care_safety_house", "school",
+    "municipality",
+]
+
+/// Officer roles that may use the console and the officer endpoints.
+public let officerRoles: Set<String> = ["privacy_officer", "information_manager"]
+
+/// A partner organisation, identified by the OIN in its certificate.
+public struct Partner: Sendable, Hashable, Identifiable {
+    public let id: String
+    public let name: String
+    public let kind: String
+    public let oin: OIN
+    /// Optional pinned SHA-256 fingerprints (lowercase hex, no separators) of its certificates.
+    public let certificateFingerprints: [String]
+    /// Optional push-delivery endpoint (https URL).
+    public let deliveryEndpoint: String?
+
+    public init(
+        id: String, name: String, kind: String, oin: OIN,
+        certificateFingerprints: [String] = [], deliveryEndpoint: String? = nil
+    ) {
+        self.id = id
+        self.name = name
+        self.kind = kind
+        self.oin = oin
+        self.certificateFingerprints = certificateFingerprints
+        self.deliveryEndpoint = deliveryEndpoint
+    }
+}
+
+/// A privacy officer or information manager, identified by the subject serialNumber of an
+/// officer certificate.
+public struct Officer: Sendable, Hashable, Identifiable {
+    public let id: String
+    public let name: String
+    public let role: String
+    public let serialNumber: String
+    public let certificateFingerprints: [String]
+
+    public init(id: String, name: String, role: String, serialNumber: String, certificateFingerprints: [String] = []) {
+        self.id = id
+        self.name = name
+        self.role = role
+        self.serialNumber = serialNumber
+        self.certificateFingerprints = certificateFingerprints
+    }
+}
+
+/// The partner registry (`Policies/partners.yaml`).
+public struct PartnerRegistry: Sendable {
+    public let region: String
+    public let partners: [Partner]
+    public let officers: [Officer]
+    private let partnersByOIN: [String: Partner]
+    private let partnersByID: [String: Partner]
+    private let officersBySerial: [String: Officer]
+
+    public init(region: String, partners: [Partner], officers: [Officer]) {
+        self.region = region
+        self.partners = partners
+        self.officers = officers
+        self.partnersByOIN = Dictionary(partners.map { ($0.oin.value, $0) }, uniquingKeysWith: { first, _ in first })
+        self.partnersByID = Dictionary(partners.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        self.officersBySerial = Dictionary(officers.map { ($0.serialNumber, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    public func partner(oin: String) -> Partner? { partnersByOIN[oin] }
+    public func partner(id: String) -> Partner? { partnersByID[id] }
+    public func officer(serialNumber: String) -> Officer? { officersBySerial[serialNumber] }
+
+    /// Parses `partners.yaml` text. Throws `configuration` with `file:line:col:` on the first problem.
+    public static func parse(yaml text: String, file: String = "partners.yaml") throws -> PartnerRegistry {
+        struct RawPartner: Decodable {
+            var id: String
+            var name: String
+            var kind: String
+            var oin: String
+            var certificate_fingerprints: [String]?
+            var delivery_endpoint: String?
+        }
+        struct RawOfficer: Decodable {
+            var id: String
+            var name: String
+            var role: String
+            var serial_number: String
+            var certificate_fingerprints: [String]?
+        }
+        struct RawRegistry: Decodable {
+            var version: Int?
+            var region: String?
+            var partners: [RawPartner]
+            var officers: [RawOfficer]?
+        }
+        let raw: RawRegistry
+        do {
+            raw = try YAMLDecoder().decode(RawRegistry.self, from: text)
+        } catch {
+            throw KetenpoortError(.configuration, "\(file): not a valid partner registry: \(error)")
+        }
+        var partners: [Partner] = []
+        for p in raw.partners {
+            guard partnerKinds.contains(p.kind) else {
+                throw KetenpoortError(.configuration, "\(file): partner `\(p.id)`: unknown kind `\(p.kind)`")
+            }
+            guard let oin = try? OIN(p.oin) else {
+                throw KetenpoortError(.configuration, "\(file): partner `\(p.id)`: OIN must be 20 digits")
+            }
+            partners.append(Partner(
+                id: p.id, name: p.name, kind: p.kind, oin: oin,
+                certificateFingerprints: (p.certificate_fingerprints ?? []).map(normaliseFingerprint),
+                deliveryEndpoint: p.delivery_endpoint))
+        }
+        let officers = try (raw.officers ?? []).map { o -> Officer in
+            guard officerRoles.contains(o.role) else {
+                throw KetenpoortError(.configuration, "\(file): officer `\(o.id)`: unknown role `\(o.role)`")
+            }
+            return Officer(id: o.id, name: o.name, role: o.role, serialNumber: o.serial_number,
+                           certificateFingerprints: (o.certificate_fingerprints ?? []).map(normaliseFingerprint))
+        }
+        return PartnerRegistry(region: raw.region ?? "", partners: partners, officers: officers)
+    }
+}
+
+/// Lowercase hex without `:` separators, as `openssl x509 -fingerprint -sha256` prints it otherwise.
+public func normaliseFingerprint(_ text: String) -> String {
+    String(text.lowercased().filter { $0 != ":" && $0 != " " })
+}

@@ -1,0 +1,212 @@
+import KetenpoortCore
+
+/// A problem found in a policy file: `file:line:col: error: message` (1-based).
+public struct Diagnostic: Sendable, Hashable, CustomStringConvertible {
+    public enum Severity: String, Sendable { case error, warning }
+    public let file: String
+    public let line: Int
+    public let column: Int
+    public let severity: Severity
+    public let message: String
+
+    public init(file: String, line: Int, column: Int, severity: Severity, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.severity = severity
+        self.message = message
+    }
+
+    public var description: String { "\(file):\(line):\(column): \(severity.rawValue): \(message)" }
+}
+
+/// A partner by id, or every partner of a kind (`kind:local_team`).
+public enum PartyRef: Sendable, Hashable, CustomStringConvertible {
+    case partner(String)
+    case kind(String)
+
+    public init(parsing text: String) {
+        if text.hasPrefix("kind:") { self = .kind(String(text.dropFirst(5))) } else { self = .partner(text) }
+    }
+
+    public func matches(_ partner: Partner) -> Bool {
+        switch self {
+        case .partner(let id): return partner.id == id
+        case .kind(let kind): return partner.kind == kind
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .partner(let id): return id
+        case .kind(let kind): return "kind:\(kind)"
+        }
+    }
+}
+
+/// Where in a file a rule was written (for explanations and diagnostics).
+public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
+    public let file: String
+    public let line: Int
+    public var description: String { "\(file):\(line)" }
+}
+
+/// A data category on a route: its lawful basis and what happens to each field.
+public struct CategoryRule: Sendable {
+    public let category: String
+    /// The GDPR art. 6 basis as a DPV term (e.g. `dpv:PublicTask`).
+    public let basis: String
+    /// The law that makes the task or obligation (e.g. "Wmo 2015 art. 5.2.6").
+    public let basisReference: String?
+    /// Special categories: the art. 9(2) exception and the UAVG article.
+    public let specialException: String?
+    public let specialUAVG: String?
+    /// Criminal data: the UAVG art. 31–33 basis.
+    public let criminalBasis: String?
+    /// Police data: the Wpg basis.
+    public let wpgBasis: String?
+    /// Field → transform; fields not listed are withheld.
+    public let fields: [String: FieldTransform]
+}
+
+/// A ground to break professional secrecy that a route accepts, and what it lets through.
+public struct GroundRule: Sendable {
+    public let ground: String
+    /// `category` or `category.field` items this ground releases.
+    public let release: Set<String>
+    /// For `statutory`: the article.
+    public let article: String?
+    /// Safety exception: meldcode steps must be recorded (Wmo 5.2.6 reports).
+    public let requiresMeldcode: Bool
+
+    public func releases(_ path: String) -> Bool {
+        if release.contains(path) { return true }
+        guard let dot = path.firstIndex(of: ".") else { return false }
+        return release.contains(String(path[..<dot]))
+    }
+}
+
+/// When the subject must be informed of an exchange without consent.
+public enum InformRule: Sendable, Hashable {
+    case notRequired
+    case before
+    case after(days: Int)
+    case deferred(ground: String)
+}
+
+/// Confidentiality that access reports must respect.
+public struct Confidentiality: Sendable, Hashable {
+    /// The reporter's identity is protected (Wmo 5.3.2 lid 4, UAVG art. 41).
+    public var reporterProtected = false
+    /// The recipient's identity reveals a protected location (a shelter).
+    public var revealsLocation = false
+    /// Police-domain entry (Wpg, not part of a GDPR art. 15 report).
+    public var policeDomain = false
+    public init() {}
+}
+
+/// A declared route: who may send what to whom, for which purposes, on which grounds.
+public struct Route: Sendable {
+    public let id: String
+    public let label: String
+    public let from: [PartyRef]
+    public let to: [PartyRef]
+    public let purposes: [String]
+    public let categories: [String: CategoryRule]
+    public let grounds: [String: GroundRule]
+    public let conditions: [String]
+    public let inform: InformRule
+    public let retentionYears: Int?
+    public let confidentiality: Confidentiality
+    /// The recipient works with the family directly (can reach a kept-apart party).
+    public let disclosesToFamily: Bool
+    /// The most subjects one exchange may concern.
+    public let maxSubjects: Int
+    /// Whether the route permits re-identification of tokens by the gateway for the recipient.
+    public let allowReidentification: Bool
+    public let location: SourceLocation
+}
+
+/// A rule that overrides any permit when all its conditions hold.
+public struct ForbidRule: Sendable {
+    public let id: String
+    public let label: String
+    public let from: [PartyRef]
+    public let to: [PartyRef]
+    public let purposes: Set<String>
+    public let categories: Set<String>
+    public let fields: Set<String>
+    public let grounds: Set<String>
+    public let facts: [String]
+    public let location: SourceLocation
+}
+
+/// A table member and the dates of its membership (ISO `YYYY-MM-DD`; compared as text).
+public struct Membership: Sendable {
+    public let party: PartyRef
+    public let since: String?
+    public let until: String?
+
+    public func covers(_ partner: Partner, on date: String) -> Bool {
+        guard party.matches(partner) else { return false }
+        if let since, date < since { return false }
+        if let until, date > until { return false }
+        return true
+    }
+}
+
+/// One case table (casustafel), compiled.
+public struct CaseTable: Sendable {
+    public let id: String
+    public let name: String
+    public let kind: String
+    public let controllers: [String]
+    public let jointControllers: Bool
+    public let contactPoint: String
+    public let members: [Membership]
+    /// Purpose id → label (Dutch labels are normal).
+    public let purposes: [String: String]
+    public let purposeOrder: [String]
+    public let routes: [Route]
+    public let forbids: [ForbidRule]
+    public let file: String
+    /// (from, to, purpose) → indices into `routes`; from/to keyed as `id:X` or `kind:Y`.
+    let routeIndex: [RouteKey: [Int]]
+
+    public func isMember(_ partner: Partner, on date: String) -> Bool {
+        members.contains { $0.covers(partner, on: date) }
+    }
+
+    /// The candidate routes for a sender, recipient and purpose: four dictionary lookups.
+    func candidateRoutes(from sender: Partner, to recipient: Partner, purpose: String) -> [Int] {
+        var result: [Int] = []
+        for fromKey in ["id:" + sender.id, "kind:" + sender.kind] {
+            for toKey in ["id:" + recipient.id, "kind:" + recipient.kind] {
+                if let found = routeIndex[RouteKey(from: fromKey, to: toKey, purpose: purpose)] { result.append(contentsOf: found) }
+            }
+        }
+        if result.count > 1 { result = Array(Set(result)).sorted() }
+        return result
+    }
+}
+
+struct RouteKey: Hashable, Sendable {
+    let from: String
+    let to: String
+    let purpose: String
+}
+
+/// A compiled, immutable set of policies. `version` is a content hash of the files.
+public struct PolicySet: Sendable {
+    public let version: String
+    public let registry: PartnerRegistry
+    public let tables: [String: CaseTable]
+    public let regionForbids: [ForbidRule]
+
+    public init(version: String, registry: PartnerRegistry, tables: [String: CaseTable], regionForbids: [ForbidRule]) {
+        self.version = version
+        self.registry = registry
+        self.tables = tables
+        self.regionForbids = regionForbids
+    }
+}
