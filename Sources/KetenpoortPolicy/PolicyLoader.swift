@@ -113,7 +113,10 @@ final class PolicyFileReader {
             if case .parser(_, _, let mark, _) = error { line = mark.line; column = mark.column }
             if case .scanner(_, _, let mark, _) = error { line = mark.line; column = mark.column }
             if case .composer(_, _, let mark, _) = error { line = mark.line; column = mark.column }
-            let summary = text.split(separator: "\n").first.map(String.init) ?? text
+            var summary = text.split(separator: "\n").first.map(String.init) ?? text
+            // Yams repeats the position and the word error: keep the problem only.
+            if let range = summary.range(of: "error: ") { summary = String(summary[range.upperBound...]) }
+            if summary.hasSuffix(":") { summary.removeLast() }
             diagnostics.append(Diagnostic(file: file, line: line, column: column, severity: .error, message: "not valid YAML: \(summary)"))
             return nil
         } catch {

@@ -210,3 +210,41 @@ public struct PolicySet: Sendable {
         self.regionForbids = regionForbids
     }
 }
+
+extension CaseTable {
+    /// The same table without one route (index rebuilt): for "what does removing it change".
+    public func removingRoute(_ routeID: String) -> CaseTable {
+        let kept = routes.filter { $0.id != routeID }
+        var index: [RouteKey: [Int]] = [:]
+        for (i, route) in kept.enumerated() {
+            for from in route.from {
+                for to in route.to {
+                    for purpose in route.purposes {
+                        index[RouteKey(from: PolicyFileReader.key(from), to: PolicyFileReader.key(to), purpose: purpose), default: []].append(i)
+                    }
+                }
+            }
+        }
+        return CaseTable(
+            id: id, name: name, kind: kind, controllers: controllers, jointControllers: jointControllers, contactPoint: contactPoint,
+            members: members, purposes: purposes, purposeOrder: purposeOrder, routes: kept, forbids: forbids, file: file, routeIndex: index)
+    }
+}
+
+extension PolicySet {
+    /// The same set without one route.
+    public func removingRoute(_ routeID: String) -> PolicySet {
+        PolicySet(version: version + "-" + routeID, registry: registry, tables: tables.mapValues { $0.removingRoute(routeID) }, regionForbids: regionForbids)
+    }
+
+    /// The same set with an extra region-wide forbid rule.
+    public func adding(forbid rule: ForbidRule) -> PolicySet {
+        PolicySet(version: version + "+" + rule.id, registry: registry, tables: tables, regionForbids: regionForbids + [rule])
+    }
+}
+
+extension ForbidRule {
+    public init(id: String, label: String, purposes: Set<String> = [], categories: Set<String> = [], facts: [String] = []) {
+        self.init(id: id, label: label, from: [], to: [], purposes: purposes, categories: categories, fields: [], grounds: [], facts: facts, location: SourceLocation(file: "generated", line: 1))
+    }
+}
