@@ -51,8 +51,10 @@ public struct Decision: Sendable {
 
 extension PolicySet {
     /// Decides one exchange. Pure; default deny; a forbid overrides any permit; a route whose
-    /// ground does not hold never permits.
-    public func evaluate(_ request: DecisionRequest) -> Decision {
+    /// ground does not hold never permits. With `explain`, the trace holds every rule consulted
+    /// (routes and forbids, matched or not); without it only the rules that decided, which
+    /// keeps the hot path free of string building.
+    public func evaluate(_ request: DecisionRequest, explain: Bool = false) -> Decision {
         var trace: [RuleTrace] = []
         func deny(_ id: String, _ label: String, _ reason: String) -> Decision {
             trace.append(RuleTrace(kind: .check, id: id, label: label, matched: true, reason: reason))
@@ -73,44 +75,56 @@ extension PolicySet {
         guard !request.fields.isEmpty else {
             return deny("nothing-requested", "Geen gegevens", "the exchange carries no fields")
         }
+        let paths = FieldPaths(request.fields)
 
         // Permit: the first route that matches and whose ground holds.
         var permit: (route: Route, obligations: Obligations)? = nil
-        for index in table.candidateRoutes(from: sender, to: recipient, purpose: request.purpose) {
+        var failedRoutes: [RuleTrace] = []
+        let candidates = table.candidateRoutes(from: sender, to: recipient, purpose: request.purpose)
+        for index in candidates {
             let route = table.routes[index]
-            switch evaluate(route: route, table: table, request: request, sender: sender, recipient: recipient) {
+            switch evaluate(route: route, table: table, request: request, paths: paths, recipient: recipient) {
             case .success(let obligations):
-                trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.released.count) field(s)"))
+                if explain || permit == nil {
+                    trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.released.count) field(s)"))
+                }
                 if permit == nil { permit = (route, obligations) }
             case .failure(let why):
-                trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: false, reason: why.reason))
+                let entry = RuleTrace(kind: .route, id: route.id, label: route.label, matched: false, reason: why.reason)
+                failedRoutes.append(entry)
+                if explain { trace.append(entry) }
             }
         }
-        if trace.isEmpty {
-            trace.append(RuleTrace(kind: .check, id: "no-route", label: "Geen route", matched: true, reason: "no route of `\(table.id)` goes from `\(sender.id)` to `\(recipient.id)` for `\(request.purpose)`"))
+        if candidates.isEmpty {
+            let entry = RuleTrace(kind: .check, id: "no-route", label: "Geen route", matched: true, reason: "no route of `\(table.id)` goes from `\(sender.id)` to `\(recipient.id)` for `\(request.purpose)`")
+            failedRoutes.append(entry)
+            trace.append(entry)
         }
 
-        // Forbids: evaluated always (explain shows them), and they override any permit.
-        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: permit.map { Set($0.obligations.released.keys) } ?? request.fields, registry: registry)
+        // Forbids: they override any permit; with `explain` every one is listed.
+        let released = permit.map { Set($0.obligations.released.keys) } ?? request.fields
+        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: released, registry: registry)
         var forbidding: [String] = []
-        for rule in table.forbids + regionForbids {
-            let (matched, reason) = context.matches(rule)
-            trace.append(RuleTrace(kind: .forbid, id: rule.id, label: rule.label, matched: matched, reason: reason))
+        for rule in forbidsByTable[table.id] ?? regionForbids {
+            let matched = context.matches(rule)
             if matched { forbidding.append(rule.id) }
+            if explain || matched {
+                trace.append(RuleTrace(kind: .forbid, id: rule.id, label: rule.label, matched: matched, reason: matched ? "all its conditions hold" : context.whyNot(rule)))
+            }
         }
         if !forbidding.isEmpty {
             return Decision(effect: .deny, rules: forbidding, obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
         }
         guard let permit else {
-            let ids = trace.filter { $0.kind != .forbid }.map(\.id)
-            return Decision(effect: .deny, rules: ids, obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+            if !explain { trace.append(contentsOf: failedRoutes.filter { $0.id != "no-route" }) }
+            return Decision(effect: .deny, rules: failedRoutes.map(\.id), obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
         }
         return Decision(effect: .permit, rules: [permit.route.id], obligations: permit.obligations, trace: trace, policyVersion: version)
     }
 
     struct RouteFailure: Error { let reason: String }
 
-    func evaluate(route: Route, table: CaseTable, request: DecisionRequest, sender: Partner, recipient: Partner) -> Result<Obligations, RouteFailure> {
+    func evaluate(route: Route, table: CaseTable, request: DecisionRequest, paths: FieldPaths, recipient: Partner) -> Result<Obligations, RouteFailure> {
         let facts = request.facts
         for condition in route.conditions {
             let holds: Bool
@@ -134,7 +148,7 @@ extension PolicySet {
         var consentCovers: Set<String>? = nil
         switch request.basis {
         case .consent(let ids):
-            switch consentCoverage(ids: ids, request: request, recipient: recipient) {
+            switch consentCoverage(ids: ids, request: request, categories: paths.categories, recipient: recipient) {
             case .success(let covered): consentCovers = covered
             case .failure(let failure): return .failure(failure)
             }
@@ -161,16 +175,16 @@ extension PolicySet {
         }
         // What flows: requested ∩ carried by the route (not dropped) ∩ released by the ground ∩ covered by consent.
         var obligations = Obligations()
-        for path in request.fields.sorted() {
-            let parts = path.split(separator: ".", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let category = route.categories[parts[0]], let transform = category.fields[parts[1]], transform != .drop,
-                ground.releases(path), consentCovers.map({ $0.contains(parts[0]) }) ?? true
+        for item in paths.items {
+            guard let category = route.categories[item.category], let transform = category.fields[item.field], transform != .drop,
+                ground.release.contains(item.path) || ground.release.contains(item.category),
+                consentCovers.map({ $0.contains(item.category) }) ?? true
             else {
-                obligations.withheld.insert(path)
+                obligations.withheld.insert(item.path)
                 continue
             }
-            obligations.released[path] = transform
-            obligations.lawfulBasis[parts[0]] = category.basis
+            obligations.released[item.path] = transform
+            obligations.lawfulBasis[item.category] = category.basis
         }
         guard !obligations.released.isEmpty else {
             return .failure(RouteFailure(reason: "ground `\(groundName)` lets none of the requested fields through"))
@@ -193,7 +207,7 @@ extension PolicySet {
 
     /// For each person whose data flows, a valid consent from someone with the capacity to give
     /// it (domain.md "Who may consent to sharing"). Returns the categories every needed consent covers.
-    func consentCoverage(ids: [String], request: DecisionRequest, recipient: Partner) -> Result<Set<String>, RouteFailure> {
+    func consentCoverage(ids: [String], request: DecisionRequest, categories requested: Set<String>, recipient: Partner) -> Result<Set<String>, RouteFailure> {
         let referenced = Set(ids)
         let date = request.facts.date
         let valid = request.facts.consents.filter { c in
@@ -204,9 +218,9 @@ extension PolicySet {
             return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
         }
         guard !request.subjects.isEmpty else { return .failure(RouteFailure(reason: "a consent basis needs the subjects the data is about")) }
-        var covered = request.categories
+        var covered = requested
         for subject in request.subjects {
-            let concerns = subject.categories.map { $0.intersection(request.categories) } ?? request.categories
+            let concerns = subject.categories.map { $0.intersection(requested) } ?? requested
             if concerns.isEmpty { continue }
             let mine = valid.filter { $0.subject == subject.ref }
             let capable: [ConsentFact]
@@ -258,17 +272,44 @@ struct ForbidContext {
     let route: Route?
     let released: Set<String>
     let registry: PartnerRegistry
+    let releasedCategories: Set<String>
 
-    func matches(_ rule: ForbidRule) -> (Bool, String) {
-        if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return (false, "the sender is not \(list(rule.from))") }
-        if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return (false, "the recipient is not \(list(rule.to))") }
-        if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return (false, "the purpose is not \(rule.purposes.sorted().joined(separator: ", "))") }
-        if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return (false, "the ground is not \(rule.grounds.sorted().joined(separator: ", "))") }
-        let releasedCategories = Set(released.map { $0.split(separator: ".").first.map(String.init) ?? $0 })
-        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return (false, "none of \(rule.categories.sorted().joined(separator: ", ")) would flow") }
-        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return (false, "none of \(rule.fields.sorted().joined(separator: ", ")) would flow") }
-        for fact in rule.facts where !holds(fact) { return (false, "`\(fact)` does not hold") }
-        return (true, "all its conditions hold")
+    init(request: DecisionRequest, table: CaseTable, sender: Partner, recipient: Partner, route: Route?, released: Set<String>, registry: PartnerRegistry) {
+        self.request = request
+        self.table = table
+        self.sender = sender
+        self.recipient = recipient
+        self.route = route
+        self.released = released
+        self.registry = registry
+        var categories = Set<String>()
+        for path in released {
+            if let dot = path.firstIndex(of: ".") { categories.insert(String(path[..<dot])) } else { categories.insert(path) }
+        }
+        releasedCategories = categories
+    }
+
+    func matches(_ rule: ForbidRule) -> Bool {
+        if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return false }
+        if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return false }
+        if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return false }
+        if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return false }
+        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return false }
+        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return false }
+        for fact in rule.facts where !holds(fact) { return false }
+        return true
+    }
+
+    /// Why a forbid rule does not match (for explanations).
+    func whyNot(_ rule: ForbidRule) -> String {
+        if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return "the sender is not \(list(rule.from))" }
+        if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return "the recipient is not \(list(rule.to))" }
+        if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return "the purpose is not \(rule.purposes.sorted().joined(separator: ", "))" }
+        if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return "the ground is not \(rule.grounds.sorted().joined(separator: ", "))" }
+        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return "none of \(rule.categories.sorted().joined(separator: ", ")) would flow" }
+        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return "none of \(rule.fields.sorted().joined(separator: ", ")) would flow" }
+        for fact in rule.facts where !holds(fact) { return "`\(fact)` does not hold" }
+        return "all its conditions hold"
     }
 
     func list(_ refs: [PartyRef]) -> String { refs.map(\.description).joined(separator: ", ") }
@@ -346,5 +387,34 @@ extension Obligations {
     init(withheld: Set<String>) {
         self.init()
         self.withheld = withheld
+    }
+}
+
+/// The requested `category.field` paths, split once per decision.
+struct FieldPaths {
+    struct Item {
+        let path: String
+        let category: String
+        let field: String
+    }
+    let items: [Item]
+    let categories: Set<String>
+
+    init(_ fields: Set<String>) {
+        var items: [Item] = []
+        items.reserveCapacity(fields.count)
+        var categories = Set<String>()
+        for path in fields {
+            guard let dot = path.firstIndex(of: ".") else {
+                items.append(Item(path: path, category: path, field: ""))
+                categories.insert(path)
+                continue
+            }
+            let category = String(path[..<dot])
+            items.append(Item(path: path, category: category, field: String(path[path.index(after: dot)...])))
+            categories.insert(category)
+        }
+        self.items = items
+        self.categories = categories
     }
 }

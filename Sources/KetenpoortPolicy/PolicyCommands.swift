@@ -91,7 +91,7 @@ public enum PolicyCommands {
         } catch {
             return Output(text: "\(requestFile): \(error)", exitCode: 2)
         }
-        let decision = set.evaluate(request)
+        let decision = set.evaluate(request, explain: true)
         return Output(text: render(decision, request: request, set: set), exitCode: 0)
     }
 
@@ -158,7 +158,7 @@ struct PolicyTestCase {
         } catch {
             return Outcome(decision: nil, failures: ["the request is invalid: \(error)"])
         }
-        let decision = set.evaluate(request)
+        let decision = set.evaluate(request, explain: true)
         var failures: [String] = []
         if decision.effect.rawValue != expectDecision { failures.append("decision: expected \(expectDecision), got \(decision.effect.rawValue) (rules \(decision.rules.joined(separator: ", ")))") }
         if let rules = expectRules, Set(rules) != Set(decision.rules) { failures.append("rules: expected \(rules.sorted()), got \(decision.rules.sorted())") }

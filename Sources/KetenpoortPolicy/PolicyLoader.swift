@@ -308,7 +308,7 @@ final class PolicyFileReader {
             for from in route.from {
                 for to in route.to {
                     for purpose in route.purposes {
-                        let key = RouteKey(from: Self.key(from), to: Self.key(to), purpose: purpose)
+                        let key = RouteKey(from: from, to: to, purpose: purpose)
                         index[key, default: []].append(i)
                     }
                 }

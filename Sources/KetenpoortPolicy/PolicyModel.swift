@@ -180,8 +180,8 @@ public struct CaseTable: Sendable {
     /// The candidate routes for a sender, recipient and purpose: four dictionary lookups.
     func candidateRoutes(from sender: Partner, to recipient: Partner, purpose: String) -> [Int] {
         var result: [Int] = []
-        for fromKey in ["id:" + sender.id, "kind:" + sender.kind] {
-            for toKey in ["id:" + recipient.id, "kind:" + recipient.kind] {
+        for fromKey in [PartyRef.partner(sender.id), PartyRef.kind(sender.kind)] {
+            for toKey in [PartyRef.partner(recipient.id), PartyRef.kind(recipient.kind)] {
                 if let found = routeIndex[RouteKey(from: fromKey, to: toKey, purpose: purpose)] { result.append(contentsOf: found) }
             }
         }
@@ -191,8 +191,8 @@ public struct CaseTable: Sendable {
 }
 
 struct RouteKey: Hashable, Sendable {
-    let from: String
-    let to: String
+    let from: PartyRef
+    let to: PartyRef
     let purpose: String
 }
 
@@ -203,11 +203,15 @@ public struct PolicySet: Sendable {
     public let tables: [String: CaseTable]
     public let regionForbids: [ForbidRule]
 
+    /// Per table: its own forbids followed by the region's, concatenated once.
+    let forbidsByTable: [String: [ForbidRule]]
+
     public init(version: String, registry: PartnerRegistry, tables: [String: CaseTable], regionForbids: [ForbidRule]) {
         self.version = version
         self.registry = registry
         self.tables = tables
         self.regionForbids = regionForbids
+        self.forbidsByTable = tables.mapValues { $0.forbids + regionForbids }
     }
 }
 
@@ -220,7 +224,7 @@ extension CaseTable {
             for from in route.from {
                 for to in route.to {
                     for purpose in route.purposes {
-                        index[RouteKey(from: PolicyFileReader.key(from), to: PolicyFileReader.key(to), purpose: purpose), default: []].append(i)
+                        index[RouteKey(from: from, to: to, purpose: purpose), default: []].append(i)
                     }
                 }
             }

@@ -8,13 +8,15 @@ import ServiceLifecycle
 /// The executable only calls this.
 public enum Gateway {
     /// Loads what requests are decided with from the policy directory.
+    /// Validates and compiles the policy directory; any error keeps the caller's current set.
     public static func loadSnapshot(policyDirectory: String) throws -> GatewaySnapshot {
-        let path = (policyDirectory as NSString).appendingPathComponent("partners.yaml")
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw KetenpoortError(.fileUnreadable, "partner registry `\(path)` does not exist or cannot be read")
+        let result = PolicyLoader.load(directory: policyDirectory)
+        guard let set = result.policySet else {
+            let errors = result.errors
+            let first = errors.first.map { " (first: \($0))" } ?? ""
+            throw KetenpoortError(.configuration, "the policies in `\(policyDirectory)` have \(errors.count) error(s)\(first); run `ketenpoort policy check \(policyDirectory)`")
         }
-        let registry = try PartnerRegistry.parse(yaml: text, file: path)
-        return GatewaySnapshot(registry: registry, policyVersion: "")
+        return GatewaySnapshot(policySet: set)
     }
 
     /// Builds the service for `configuration`. `onReady` is called once the listeners accept.
@@ -24,14 +26,17 @@ public enum Gateway {
     ) throws -> GatewayService {
         try configuration.validate()
         let state = GatewayState(try loadSnapshot(policyDirectory: configuration.policyDirectory))
-        let application = GatewayApplication(state: state)
         let health = HealthRegistry()
+        health.setInfo("policy_version", state.snapshot.policyVersion)
+        let application = GatewayApplication(state: state)
         let policyDirectory = configuration.policyDirectory
         let server = try GatewayServer(
             configuration: configuration, responder: application, metrics: metrics, health: health, logger: logger,
             reloadSnapshot: {
                 let snapshot = try loadSnapshot(policyDirectory: policyDirectory)
+                guard snapshot.policyVersion != state.snapshot.policyVersion else { return }
                 state.replace(with: snapshot)
+                health.setInfo("policy_version", snapshot.policyVersion)
                 logger.notice("policy set reloaded", metadata: ["policy.version": "\(snapshot.policyVersion)"])
             })
         return GatewayService(server: server, onReady: onReady)

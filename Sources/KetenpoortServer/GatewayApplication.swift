@@ -19,15 +19,16 @@ public enum Identification: Sendable {
 
 /// What the gateway decides with; immutable, swapped as a whole on reload.
 public final class GatewaySnapshot: Sendable {
-    public let registry: PartnerRegistry
+    public let policySet: PolicySet
+    public var registry: PartnerRegistry { policySet.registry }
     /// Content hash of the policy set the snapshot was built from.
-    public let policyVersion: String
+    public var policyVersion: String { policySet.version }
     /// `/v1/whoami` answers, serialised once per caller.
     let whoamiResponses: [String: GatewayResponse]
 
-    public init(registry: PartnerRegistry, policyVersion: String) {
-        self.registry = registry
-        self.policyVersion = policyVersion
+    public init(policySet: PolicySet) {
+        self.policySet = policySet
+        let registry = policySet.registry
         var bodies: [String: GatewayResponse] = [:]
         for p in registry.partners {
             let value: JSONValue = ["partner": ["id": .string(p.id), "name": .string(p.name), "kind": .string(p.kind), "oin": .string(p.oin.value)]]

@@ -10,8 +10,12 @@ import Synchronization
 /// Readiness checks reported by `/health` (name → ready).
 public final class HealthRegistry: Sendable {
     private let checks = Mutex<[String: Bool]>([:])
+    private let info = Mutex<[String: String]>([:])
     public init() {}
     public func set(_ name: String, ready: Bool) { checks.withLock { $0[name] = ready } }
+    /// Facts shown beside the checks (the policy version), never personal data.
+    public func setInfo(_ name: String, _ value: String) { info.withLock { $0[name] = value } }
+    public var allInfo: [String: String] { info.withLock { $0 } }
     public var all: [String: Bool] { checks.withLock { $0 } }
     public var isReady: Bool { checks.withLock { $0.values.allSatisfy { $0 } } }
 }
@@ -240,9 +244,9 @@ final class OperationsHandler: ChannelInboundHandler {
                 status = ready ? .ok : .serviceUnavailable
                 contentType = "application/json"
                 let members = checks.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.bool($0.value)) }
-                body = Array(
-                    JSONValue.object([("status", .string(ready ? "ready" : "not_ready")), ("checks", .object(members))])
-                        .serialized().utf8)
+                var object: [(String, JSONValue)] = [("status", .string(ready ? "ready" : "not_ready")), ("checks", .object(members))]
+                for (key, value) in health.allInfo.sorted(by: { $0.key < $1.key }) { object.append((key, .string(value))) }
+                body = Array(JSONValue.object(object).serialized().utf8)
             case (.GET, "/health/live"):
                 status = .ok
                 contentType = "application/json"

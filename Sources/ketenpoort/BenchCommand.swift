@@ -2,12 +2,13 @@ import ArgumentParser
 import Foundation
 import KetenpoortBench
 import KetenpoortCore
+import KetenpoortPolicy
 import NIOHTTP1
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: an HTTPS load generator over mutual TLS (default), and component benchmarks.",
-        subcommands: [BenchHTTP.self], defaultSubcommand: BenchHTTP.self)
+        subcommands: [BenchHTTP.self, BenchPolicy.self], defaultSubcommand: BenchHTTP.self)
 }
 
 struct BenchHTTP: AsyncParsableCommand {
@@ -71,5 +72,35 @@ struct BenchHTTP: AsyncParsableCommand {
         options.expectedStatus = parts[0]...(parts.count == 2 ? parts[1] : parts[0])
         let report = try await LoadGenerator.run(options, serverPID: serverPid)
         print(json ? report.json.serialized() : report.text)
+    }
+}
+
+struct BenchPolicy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policy", abstract: "Decisions per second and median decision time with 1, 100 and 1,000 case tables.")
+
+    @Option(help: "The policy directory.") var policies: String = "Policies"
+    @Option(help: "Case-table counts to measure.") var tables: [Int] = [1, 100, 1_000]
+    @Option(help: "Decisions per measurement.") var decisions: Int = 200_000
+    @Flag(help: "Print JSON lines.") var json = false
+
+    func run() throws {
+        let loaded = PolicyLoader.load(directory: policies)
+        guard let set = loaded.policySet else {
+            throw KetenpoortError(.invalidInput, "policies in `\(policies)` do not load: run `ketenpoort policy check \(policies)`")
+        }
+        if !json { print("case tables   decisions/s   median ns/decision   permits") }
+        for count in tables {
+            let r = PolicyBenchmark.run(base: set, caseTables: count, decisions: decisions)
+            if json {
+                print(JSONValue.object([
+                    ("case_tables", .number(Double(r.caseTables))), ("decisions", .number(Double(r.decisions))),
+                    ("decisions_per_second", .number(r.decisionsPerSecond.rounded())), ("median_ns", .number(r.medianNanoseconds.rounded())),
+                    ("permits", .number(Double(r.permits))),
+                ]).serialized())
+            } else {
+                print(String(format: "%11d   %11.0f   %18.0f   %7d", r.caseTables, r.decisionsPerSecond, r.medianNanoseconds, r.permits))
+            }
+        }
     }
 }

@@ -195,3 +195,66 @@ struct HTTPDetailsTests {
         #expect(r.stdout.contains("\"id\":\"wijkteam-dordrecht\""))
     }
 }
+
+@Suite("Policy hot reload")
+struct PolicyReloadTests {
+    func copyPolicies() throws -> String {
+        let dir = temporaryDirectory("ketenpoort-policies")
+        for name in try FileManager.default.contentsOfDirectory(atPath: packageRoot + "/Policies") where name.hasSuffix(".yaml") {
+            try FileManager.default.copyItem(atPath: packageRoot + "/Policies/" + name, toPath: dir + "/" + name)
+        }
+        return dir
+    }
+
+    func version(_ gateway: GatewayProcess) throws -> String {
+        try JSONParser.parse(operationsGet(port: gateway.operationsPort, path: "/health").body)["policy_version"]?.stringValue ?? ""
+    }
+
+    func metric(_ gateway: GatewayProcess, _ line: String) throws -> Bool {
+        try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains(line)
+    }
+
+    @Test("an invalid new policy set keeps the old one and counts a failed reload; a valid one is swapped in")
+    func reload() async throws {
+        let policies = try copyPolicies()
+        let gateway = try GatewayProcess(policies: policies)
+        defer { gateway.stop() }
+        let original = try version(gateway)
+        #expect(original.hasPrefix("sha256:"))
+
+        // Break a case table: the directory watcher (or SIGHUP) tries it and keeps the old set.
+        let table = policies + "/mda-zhz.yaml"
+        let text = try String(contentsOfFile: table, encoding: .utf8)
+        try (text + "\n  - id: broken-route\n    from: [kind:nobody]\n").write(toFile: table, atomically: true, encoding: .utf8)
+        gateway.signal(SIGHUP)
+        var failed = false
+        for _ in 0..<50 where !failed {
+            try await Task.sleep(for: .milliseconds(100))
+            failed = try metric(gateway, "ketenpoort_policy_reloads_total{result=\"failed\"}") && !(try metric(gateway, "ketenpoort_policy_reloads_total{result=\"failed\"} 0"))
+        }
+        #expect(failed)
+        #expect(try version(gateway) == original)
+        #expect(gateway.stderr.contains("policy reload failed"))
+        #expect(gateway.stderr.contains("mda-zhz.yaml:"))
+
+        // A valid change: a new label. The watcher notices the directory change by itself.
+        try text.replacingOccurrences(of: "name: MDA++ Zuid-Holland Zuid", with: "name: MDA++ ZHZ").write(toFile: table, atomically: true, encoding: .utf8)
+        var swapped = false
+        for _ in 0..<100 where !swapped {
+            try await Task.sleep(for: .milliseconds(100))
+            swapped = try version(gateway) != original
+        }
+        #expect(swapped)
+        let (cert, key) = PKIFixture.partner("wijkteam-dordrecht")
+        let client = try await TestHTTPSClient.connect(port: gateway.port, cert: cert, key: key)
+        #expect(try await client.request("/v1/whoami").status == 200)
+        await client.close()
+    }
+
+    @Test("a gateway does not start on an invalid policy set")
+    func invalidAtStart() throws {
+        let policies = try copyPolicies()
+        try "case_table: x\n".write(toFile: policies + "/x.yaml", atomically: true, encoding: .utf8)
+        #expect(throws: (any Error).self) { _ = try GatewayProcess(policies: policies) }
+    }
+}

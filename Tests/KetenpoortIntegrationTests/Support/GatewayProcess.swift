@@ -53,8 +53,9 @@ final class GatewayProcess: @unchecked Sendable {
             let data = handle.availableData
             if !data.isEmpty { errors.append(String(decoding: data, as: UTF8.self)) }
         }
+        process.terminationHandler = { _ in ready.signal() }
         try process.run()
-        guard ready.wait(timeout: .now() + 60) == .success else {
+        guard ready.wait(timeout: .now() + 60) == .success, process.isRunning || output.value.contains("operations: ") else {
             process.terminate()
             throw GatewayProcessError(message: "gateway did not become ready: \(errors.value)")
         }
