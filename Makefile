@@ -12,6 +12,7 @@ deps:
 
 test-deps:
 	@scripts/install-deps.sh $(TEST_DEPS)
+	@python3 -c "import jsonschema, yaml" 2>/dev/null || python3 -m pip install -q jsonschema pyyaml
 
 build: deps
 	$(SWIFT) build --product ketenpoort
@@ -28,6 +29,7 @@ test: test-deps
 	$(SWIFT) build --build-tests
 	$(BIN_DEBUG) policy check Policies
 	$(BIN_DEBUG) policy test Policies
+	python3 scripts/check_schema.py
 	$(SWIFT) test --skip-build
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 
