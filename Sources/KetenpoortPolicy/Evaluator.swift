@@ -2,9 +2,24 @@ import KetenpoortCore
 
 /// What a decision obliges the gateway to do with a permitted exchange.
 public struct Obligations: Sendable, Hashable {
-    /// Released `category.field` → transform (pseudonymise/token domains are the recipient's).
-    public var released: [String: FieldTransform] = [:]
-    public var withheld: Set<String> = []
+    /// Released `category.field` paths with their transforms (pseudonymise/token domains are the
+    /// recipient's), in catalogue order.
+    public var releasedFields: [(path: String, transform: FieldTransform)] = []
+    /// Withheld `category.field` paths.
+    public var withheldFields: [String] = []
+    /// Released `category.field` → transform.
+    public var released: [String: FieldTransform] {
+        Dictionary(releasedFields.map { ($0.path, $0.transform) }, uniquingKeysWith: { first, _ in first })
+    }
+    public var withheld: Set<String> { Set(withheldFields) }
+
+    public static func == (a: Obligations, b: Obligations) -> Bool {
+        a.released == b.released && a.withheld == b.withheld && a.informSubjectBy == b.informSubjectBy && a.review == b.review
+    }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(released)
+        hasher.combine(withheld)
+    }
     /// The date by which the subject must be informed (`nil`: no duty, or deferred).
     public var informSubjectBy: String?
     public var informDeferredGround: String?
@@ -86,7 +101,7 @@ extension PolicySet {
             switch evaluate(route: route, table: table, request: request, paths: paths, recipient: recipient) {
             case .success(let obligations):
                 if explain || permit == nil {
-                    trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.released.count) field(s)"))
+                    trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.releasedFields.count) field(s)"))
                 }
                 if permit == nil { permit = (route, obligations) }
             case .failure(let why):
@@ -102,8 +117,15 @@ extension PolicySet {
         }
 
         // Forbids: they override any permit; with `explain` every one is listed.
-        let released = permit.map { Set($0.obligations.released.keys) } ?? request.fields
-        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: released, registry: registry)
+        let releasedBits: FieldBits
+        if let permit {
+            var bits = FieldBits()
+            for (path, _) in permit.obligations.releasedFields { if let id = FieldCatalogue.shared.id(ofPath: path) { bits.insert(id) } }
+            releasedBits = bits
+        } else {
+            releasedBits = FieldCatalogue.shared.bits(of: paths.ids.map { FieldCatalogue.shared.paths[$0] })
+        }
+        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: releasedBits, registry: registry)
         var forbidding: [String] = []
         for rule in forbidsByTable[table.id] ?? regionForbids {
             let matched = context.matches(rule)
@@ -175,18 +197,24 @@ extension PolicySet {
         }
         // What flows: requested ∩ carried by the route (not dropped) ∩ released by the ground ∩ covered by consent.
         var obligations = Obligations()
-        for item in paths.items {
-            guard let category = route.categories[item.category], let transform = category.fields[item.field], transform != .drop,
-                ground.release.contains(item.path) || ground.release.contains(item.category),
-                consentCovers.map({ $0.contains(item.category) }) ?? true
+        let catalogue = FieldCatalogue.shared
+        let compiled = route.compiled
+        let release = compiled.release[groundName] ?? FieldBits()
+        let coveredBits = consentCovers.map { catalogue.categoryBits(of: $0) }
+        obligations.withheldFields = paths.unknown
+        obligations.releasedFields.reserveCapacity(paths.ids.count)
+        for id in paths.ids {
+            let category = catalogue.categoryOf[id]
+            guard let transform = compiled.transforms[id], release.contains(id),
+                coveredBits.map({ $0 & (1 << UInt64(category)) != 0 }) ?? true
             else {
-                obligations.withheld.insert(item.path)
+                obligations.withheldFields.append(catalogue.paths[id])
                 continue
             }
-            obligations.released[item.path] = transform
-            obligations.lawfulBasis[item.category] = category.basis
+            obligations.releasedFields.append((catalogue.paths[id], transform))
+            if let basis = compiled.basis[category] { obligations.lawfulBasis[catalogue.categories[category]] = basis }
         }
-        guard !obligations.released.isEmpty else {
+        guard !obligations.releasedFields.isEmpty else {
             return .failure(RouteFailure(reason: "ground `\(groundName)` lets none of the requested fields through"))
         }
         let safety = Vocabulary.safetyExceptionGrounds.contains(groundName)
@@ -270,11 +298,11 @@ struct ForbidContext {
     let sender: Partner
     let recipient: Partner
     let route: Route?
-    let released: Set<String>
+    let released: FieldBits
     let registry: PartnerRegistry
-    let releasedCategories: Set<String>
+    let releasedCategories: UInt64
 
-    init(request: DecisionRequest, table: CaseTable, sender: Partner, recipient: Partner, route: Route?, released: Set<String>, registry: PartnerRegistry) {
+    init(request: DecisionRequest, table: CaseTable, sender: Partner, recipient: Partner, route: Route?, released: FieldBits, registry: PartnerRegistry) {
         self.request = request
         self.table = table
         self.sender = sender
@@ -282,10 +310,9 @@ struct ForbidContext {
         self.route = route
         self.released = released
         self.registry = registry
-        var categories = Set<String>()
-        for path in released {
-            if let dot = path.firstIndex(of: ".") { categories.insert(String(path[..<dot])) } else { categories.insert(path) }
-        }
+        var categories: UInt64 = 0
+        let catalogue = FieldCatalogue.shared
+        for id in 0..<catalogue.paths.count where released.contains(id) { categories |= 1 << UInt64(catalogue.categoryOf[id]) }
         releasedCategories = categories
     }
 
@@ -294,9 +321,9 @@ struct ForbidContext {
         if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return false }
         if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return false }
         if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return false }
-        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return false }
-        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return false }
-        for fact in rule.facts where !holds(fact) { return false }
+        if !rule.categories.isEmpty && rule.compiled.categories & releasedCategories == 0 { return false }
+        if !rule.fields.isEmpty && !rule.compiled.fields.intersects(released) { return false }
+        for fact in rule.compiled.facts where !holds(fact) { return false }
         return true
     }
 
@@ -306,44 +333,44 @@ struct ForbidContext {
         if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return "the recipient is not \(list(rule.to))" }
         if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return "the purpose is not \(rule.purposes.sorted().joined(separator: ", "))" }
         if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return "the ground is not \(rule.grounds.sorted().joined(separator: ", "))" }
-        if !rule.categories.isEmpty && rule.categories.isDisjoint(with: releasedCategories) { return "none of \(rule.categories.sorted().joined(separator: ", ")) would flow" }
-        if !rule.fields.isEmpty && rule.fields.isDisjoint(with: released) { return "none of \(rule.fields.sorted().joined(separator: ", ")) would flow" }
-        for fact in rule.facts where !holds(fact) { return "`\(fact)` does not hold" }
+        if !rule.categories.isEmpty && rule.compiled.categories & releasedCategories == 0 { return "none of \(rule.categories.sorted().joined(separator: ", ")) would flow" }
+        if !rule.fields.isEmpty && !rule.compiled.fields.intersects(released) { return "none of \(rule.fields.sorted().joined(separator: ", ")) would flow" }
+        for fact in rule.compiled.facts where !holds(fact) { return "`\(fact.rawValue)` does not hold" }
         return "all its conditions hold"
     }
 
     func list(_ refs: [PartyRef]) -> String { refs.map(\.description).joined(separator: ", ") }
 
-    func holds(_ fact: String) -> Bool {
+    func holds(_ fact: ForbidFact) -> Bool {
         let facts = request.facts
         switch fact {
-        case "case_closed": return facts.caseClosed
-        case "sender_not_member": return !table.isMember(sender, on: facts.date)
-        case "recipient_not_member": return !table.isMember(recipient, on: facts.date)
-        case "statutory_ground_wrong_recipient":
+        case .caseClosed: return facts.caseClosed
+        case .senderNotMember: return !table.isMember(sender, on: facts.date)
+        case .recipientNotMember: return !table.isMember(recipient, on: facts.date)
+        case .statutoryGroundWrongRecipient:
             guard let kind = Vocabulary.groundRecipientKind[request.basis.ground] else { return false }
             if recipient.kind != kind { return true }
             if request.basis.ground == "jw-7.3.11-4" { return !(facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id) }
             return false
-        case "safety_exception_incomplete":
+        case .safetyExceptionIncomplete:
             guard case .safetyException(let s) = request.basis else { return false }
             return !s.hasJustification || !s.hasProfessional || (s.ground == "conflict-of-duties" && !s.conflictJudgementComplete)
-        case "bulk":
+        case .bulk:
             return request.subjects.count > (route?.maxSubjects ?? 8)
-        case "location_may_reach_kept_apart":
+        case .locationMayReachKeptApart:
             let refs = Set(request.subjects.map(\.ref))
             let keptApart = facts.keepApart.contains { refs.contains($0.0) }
             let discloses = route?.disclosesToFamily ?? true
             return keptApart && discloses
-        case "bystander_reporter_without_consent":
+        case .bystanderReporterWithoutConsent:
             return facts.reporterKind == "bystander" && !facts.reporterConsented
-        case "reporter_protected":
+        case .reporterProtected:
             return facts.reporterProtected
-        case "consent_without_capacity":
+        case .consentWithoutCapacity:
             guard case .consent(let ids) = request.basis else { return false }
             let used = facts.consents.filter { ids.contains($0.id) }
             return !used.isEmpty && used.allSatisfy { $0.grantor == "parent_without_custody" }
-        default:
+        case .unknown:
             return true  // an unknown fact never lets a forbid fail open
         }
     }
@@ -386,35 +413,43 @@ enum DateText {
 extension Obligations {
     init(withheld: Set<String>) {
         self.init()
-        self.withheld = withheld
+        self.withheldFields = Array(withheld)
     }
 }
 
-/// The requested `category.field` paths, split once per decision.
+/// The requested `category.field` paths, numbered once per decision.
 struct FieldPaths {
-    struct Item {
-        let path: String
-        let category: String
-        let field: String
-    }
-    let items: [Item]
+    /// Known fields: catalogue id; unknown paths are always withheld.
+    let ids: [Int]
+    let unknown: [String]
+    let categoryBits: UInt64
     let categories: Set<String>
 
     init(_ fields: Set<String>) {
-        var items: [Item] = []
-        items.reserveCapacity(fields.count)
-        var categories = Set<String>()
+        let catalogue = FieldCatalogue.shared
+        var ids: [Int] = []
+        ids.reserveCapacity(fields.count)
+        var unknown: [String] = []
+        var bits: UInt64 = 0
         for path in fields {
-            guard let dot = path.firstIndex(of: ".") else {
-                items.append(Item(path: path, category: path, field: ""))
-                categories.insert(path)
-                continue
+            if let id = catalogue.id(ofPath: path) {
+                ids.append(id)
+                bits |= 1 << UInt64(catalogue.categoryOf[id])
+            } else {
+                unknown.append(path)
             }
-            let category = String(path[..<dot])
-            items.append(Item(path: path, category: category, field: String(path[path.index(after: dot)...])))
-            categories.insert(category)
         }
-        self.items = items
+        ids.sort()
+        self.ids = ids
+        self.unknown = unknown
+        self.categoryBits = bits
+        var categories = Set<String>()
+        var remaining = bits
+        while remaining != 0 {
+            let c = remaining.trailingZeroBitCount
+            categories.insert(catalogue.categories[c])
+            remaining &= remaining - 1
+        }
         self.categories = categories
     }
 }

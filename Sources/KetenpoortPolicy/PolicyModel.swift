@@ -106,7 +106,7 @@ public struct Confidentiality: Sendable, Hashable {
 }
 
 /// A declared route: who may send what to whom, for which purposes, on which grounds.
-public struct Route: Sendable {
+public final class Route: Sendable {
     public let id: String
     public let label: String
     public let from: [PartyRef]
@@ -125,10 +125,35 @@ public struct Route: Sendable {
     /// Whether the route permits re-identification of tokens by the gateway for the recipient.
     public let allowReidentification: Bool
     public let location: SourceLocation
+    /// The same, numbered for the evaluator.
+    let compiled: CompiledRoute
+
+    init(
+        id: String, label: String, from: [PartyRef], to: [PartyRef], purposes: [String], categories: [String: CategoryRule],
+        grounds: [String: GroundRule], conditions: [String], inform: InformRule, retentionYears: Int?, confidentiality: Confidentiality,
+        disclosesToFamily: Bool, maxSubjects: Int, allowReidentification: Bool, location: SourceLocation
+    ) {
+        self.id = id
+        self.label = label
+        self.from = from
+        self.to = to
+        self.purposes = purposes
+        self.categories = categories
+        self.grounds = grounds
+        self.conditions = conditions
+        self.inform = inform
+        self.retentionYears = retentionYears
+        self.confidentiality = confidentiality
+        self.disclosesToFamily = disclosesToFamily
+        self.maxSubjects = maxSubjects
+        self.allowReidentification = allowReidentification
+        self.location = location
+        self.compiled = CompiledRoute(categories: categories, grounds: grounds)
+    }
 }
 
 /// A rule that overrides any permit when all its conditions hold.
-public struct ForbidRule: Sendable {
+public final class ForbidRule: Sendable {
     public let id: String
     public let label: String
     public let from: [PartyRef]
@@ -139,6 +164,24 @@ public struct ForbidRule: Sendable {
     public let grounds: Set<String>
     public let facts: [String]
     public let location: SourceLocation
+    let compiled: CompiledForbid
+
+    init(
+        id: String, label: String, from: [PartyRef], to: [PartyRef], purposes: Set<String>, categories: Set<String>, fields: Set<String>,
+        grounds: Set<String>, facts: [String], location: SourceLocation
+    ) {
+        self.id = id
+        self.label = label
+        self.from = from
+        self.to = to
+        self.purposes = purposes
+        self.categories = categories
+        self.fields = fields
+        self.grounds = grounds
+        self.facts = facts
+        self.location = location
+        self.compiled = CompiledForbid(categories: categories, fields: fields, facts: facts)
+    }
 }
 
 /// A table member and the dates of its membership (ISO `YYYY-MM-DD`; compared as text).
@@ -248,7 +291,7 @@ extension PolicySet {
 }
 
 extension ForbidRule {
-    public init(id: String, label: String, purposes: Set<String> = [], categories: Set<String> = [], facts: [String] = []) {
+    public convenience init(id: String, label: String, purposes: Set<String> = [], categories: Set<String> = [], facts: [String] = []) {
         self.init(id: id, label: label, from: [], to: [], purposes: purposes, categories: categories, fields: [], grounds: [], facts: facts, location: SourceLocation(file: "generated", line: 1))
     }
 }
