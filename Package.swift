@@ -123,6 +123,7 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "KetenpoortCryptoTests", dependencies: ["KetenpoortCrypto", "KetenpoortCore"]),
+        .testTarget(name: "KetenpoortPKITests", dependencies: ["KetenpoortPKI", "KetenpoortCore"]),
         .testTarget(
             name: "KetenpoortIntegrationTests",
             dependencies: [

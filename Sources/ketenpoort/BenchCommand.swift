@@ -2,13 +2,14 @@ import ArgumentParser
 import Foundation
 import KetenpoortBench
 import KetenpoortCore
+import KetenpoortCrypto
 import KetenpoortPolicy
 import NIOHTTP1
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: an HTTPS load generator over mutual TLS (default), and component benchmarks.",
-        subcommands: [BenchHTTP.self, BenchPolicy.self], defaultSubcommand: BenchHTTP.self)
+        subcommands: [BenchHTTP.self, BenchPolicy.self, BenchPseudonym.self], defaultSubcommand: BenchHTTP.self)
 }
 
 struct BenchHTTP: AsyncParsableCommand {
@@ -101,6 +102,29 @@ struct BenchPolicy: ParsableCommand {
             } else {
                 print(String(format: "%11d   %11.0f   %18.0f   %7d", r.caseTables, r.decisionsPerSecond, r.medianNanoseconds, r.permits))
             }
+        }
+    }
+}
+
+struct BenchPseudonym: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pseudonym", abstract: "Pseudonyms per second on one core beside `openssl speed -hmac sha256 -bytes 16`, same run.")
+    @Option(help: "Pseudonyms to make.") var count: Int = 1_000_000
+    @Option(help: "Seconds for openssl speed.") var seconds: Int = 3
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        let ours = try PseudonymBenchmark.run(count: count)
+        let raw = try PseudonymBenchmark.opensslHMACRate(seconds: seconds)
+        if json {
+            print(JSONValue.object([
+                ("pseudonyms_per_second", .number(ours.rounded())), ("openssl_hmac_sha256_16b_per_second", .number(raw.rounded())),
+                ("ratio", .number((ours / raw * 1000).rounded() / 1000)),
+            ]).serialized())
+        } else {
+            print(String(format: "pseudonyms/s (HMAC-SHA256, text form)   %12.0f", ours))
+            print(String(format: "openssl speed -hmac sha256 -bytes 16    %12.0f", raw))
+            print(String(format: "ratio                                   %12.3f  (goal >= 0.3)", ours / raw))
         }
     }
 }

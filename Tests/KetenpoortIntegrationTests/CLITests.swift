@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+
+/// The `ketenpoort` binary's commands, run as a user would.
+@Suite("Command line")
+struct CLITests {
+    @Test("keys init, then pseudonym reads BSNs from standard input and prints one pseudonym a line")
+    func pseudonyms() throws {
+        let dir = temporaryDirectory()
+        let keys = dir + "/master.key"
+        #expect(try ketenpoort(["keys", "init", keys]).status == 0)
+        let mode = try FileManager.default.attributesOfItem(atPath: keys)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let r = try ketenpoort(["pseudonym", "--keys", keys, "--domain", "recipient:mda-zhz:veilig-thuis-zhz"], stdin: "999990019\n999990020\n999990019\n")
+        #expect(r.status == 0)
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 3)
+        #expect(lines[0] == lines[2])
+        #expect(lines[0] != lines[1])
+        #expect(lines.allSatisfy { $0.hasPrefix("ps1.k1.") })
+        let log = try ketenpoort(["pseudonym", "--keys", keys, "--domain", "log"], stdin: "999990019\n")
+        #expect(log.stdout.split(separator: "\n").first.map(String.init) != lines[0])
+        // Overwriting an existing key file is refused.
+        #expect(try ketenpoort(["keys", "init", keys]).status == 2)
+    }
+
+    @Test("an invalid BSN: exit 2, one line, the value not echoed")
+    func invalidBSN() throws {
+        let dir = temporaryDirectory()
+        let keys = dir + "/master.key"
+        try ketenpoort(["keys", "init", keys])
+        let r = try ketenpoort(["pseudonym", "--keys", keys, "--domain", "log"], stdin: "999990019\n123456789\n")
+        #expect(r.status == 2)
+        #expect(r.stderr.split(separator: "\n").count == 1)
+        #expect(r.stderr.contains("line 2"))
+        #expect(!r.stderr.contains("123456789"))
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test("a key file readable by others: exit 2 with what to do")
+    func looseKeyFile() throws {
+        let dir = temporaryDirectory()
+        let keys = dir + "/master.key"
+        try ketenpoort(["keys", "init", keys])
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: keys)
+        let r = try ketenpoort(["pseudonym", "--keys", keys, "--domain", "log"], stdin: "999990019\n")
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("chmod 600"))
+    }
+
+    @Test("policy check and test exit 0 on the example region; bad usage exits 2")
+    func policyCommands() throws {
+        let check = try ketenpoort(["policy", "check", packageRoot + "/Policies"])
+        #expect(check.status == 0)
+        let test = try ketenpoort(["policy", "test", packageRoot + "/Policies"])
+        #expect(test.status == 0)
+        #expect(test.stdout.split(separator: "\n").last?.hasSuffix("passed, 0 failed") == true)
+        #expect(try ketenpoort(["policy", "frobnicate"]).status == 2)
+        #expect(try ketenpoort(["pseudonym", "--domain", "nonsense"]).status == 2)
+    }
+
+    @Test("pki init refuses a non-empty directory without --force")
+    func pkiRefusesNonEmpty() throws {
+        let dir = temporaryDirectory()
+        try write("x", to: dir + "/something")
+        let r = try ketenpoort(["pki", "init", dir, "--partners", packageRoot + "/Policies/partners.yaml"])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("--force"))
+    }
+}
