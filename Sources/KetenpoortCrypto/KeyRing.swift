@@ -94,6 +94,8 @@ public final class KeyRing: Sendable, CustomStringConvertible {
     let entries: [Entry]
     public let currentKeyID: String
     private let macs = Mutex<[String: HMACSHA256]>([:])
+    /// Current-key MACs by domain (the hot path: no key string to build).
+    private let currentMACs = Mutex<[String: HMACSHA256]>([:])
     private let derived = Mutex<[String: [UInt8]]>([:])
 
     public var keyIDs: [String] { entries.map(\.id) }
@@ -158,10 +160,12 @@ public final class KeyRing: Sendable, CustomStringConvertible {
     }
 
     func mac(domain: String, keyID: String) throws -> HMACSHA256 {
+        if keyID == currentKeyID, let cached = currentMACs.withLock({ $0[domain] }) { return cached }
         let cacheKey = "\(keyID)|\(domain)"
         if let cached = macs.withLock({ $0[cacheKey] }) { return cached }
         let hmac = try HMACSHA256(key: try derivedKey(use: "pseudonym", domain: domain, keyID: keyID))
         macs.withLock { $0[cacheKey] = hmac }
+        if keyID == currentKeyID { currentMACs.withLock { $0[domain] = hmac } }
         return hmac
     }
 }
@@ -183,8 +187,20 @@ public struct Pseudonymiser: Sendable {
 
     public func pseudonym(of value: String, domain: String) throws -> String {
         let mac = try keys.mac(domain: domain, keyID: keys.currentKeyID)
-        let digest = value.utf8.withContiguousStorageIfAvailable { mac.authenticate(UnsafeRawBufferPointer($0)) } ?? mac.authenticate(Array(value.utf8))
-        return "ps1.\(keys.currentKeyID).\(Base64URL.encode(digest))"
+        var value = value
+        return value.withUTF8 { input in
+            let prefix = "ps1.\(keys.currentKeyID)."
+            // 32 MAC bytes are 43 base64url characters.
+            return String(unsafeUninitializedCapacity: prefix.utf8.count + 43) { out in
+                var i = 0
+                for byte in prefix.utf8 { out[i] = byte; i += 1 }
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
+                    mac.authenticate(UnsafeRawBufferPointer(input), into: digest.baseAddress!)
+                    i += Base64URL.encode(UnsafeBufferPointer(digest), into: UnsafeMutableBufferPointer(rebasing: out[i...]))
+                }
+                return i
+            }
+        }
     }
 
     public func pseudonym(of bsn: BSN, domain: String) throws -> String {
@@ -240,11 +256,41 @@ struct ParsedPseudonym {
 
 /// base64url without padding (RFC 4648 §5).
 public enum Base64URL {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
     public static func encode(_ bytes: [UInt8]) -> String {
-        var s = Data(bytes).base64EncodedString()
-        s = s.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-        while s.hasSuffix("=") { s.removeLast() }
-        return s
+        bytes.withUnsafeBufferPointer { input in
+            String(unsafeUninitializedCapacity: (input.count * 4 + 2) / 3) { out in encode(input, into: out) }
+        }
+    }
+
+    /// Encodes into `out` (room for ⌈4n/3⌉ bytes); returns the count written.
+    static func encode(_ input: UnsafeBufferPointer<UInt8>, into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        var o = 0
+        var i = 0
+        while i + 3 <= input.count {
+            let n = UInt32(input[i]) << 16 | UInt32(input[i + 1]) << 8 | UInt32(input[i + 2])
+            out[o] = alphabet[Int(n >> 18 & 63)]
+            out[o + 1] = alphabet[Int(n >> 12 & 63)]
+            out[o + 2] = alphabet[Int(n >> 6 & 63)]
+            out[o + 3] = alphabet[Int(n & 63)]
+            o += 4
+            i += 3
+        }
+        let rest = input.count - i
+        if rest == 1 {
+            let n = UInt32(input[i]) << 16
+            out[o] = alphabet[Int(n >> 18 & 63)]
+            out[o + 1] = alphabet[Int(n >> 12 & 63)]
+            o += 2
+        } else if rest == 2 {
+            let n = UInt32(input[i]) << 16 | UInt32(input[i + 1]) << 8
+            out[o] = alphabet[Int(n >> 18 & 63)]
+            out[o + 1] = alphabet[Int(n >> 12 & 63)]
+            out[o + 2] = alphabet[Int(n >> 6 & 63)]
+            o += 3
+        }
+        return o
     }
 
     public static func decode(_ text: String) -> [UInt8]? {

@@ -1,5 +1,6 @@
 import COpenSSL
 import KetenpoortCore
+import Synchronization
 
 /// Cryptographic primitives over OpenSSL 3's EVP APIs. Errors never carry key material.
 public enum Crypto {
@@ -49,13 +50,18 @@ public enum Crypto {
     }
 }
 
-/// An HMAC-SHA256 key with a prepared OpenSSL context; each call works on a duplicate, so one
-/// key serves many threads.
+/// An HMAC-SHA256 key with prepared OpenSSL contexts. A call takes a context from a small pool,
+/// re-initialises it with the same key (`EVP_MAC_init` with a NULL key keeps the key), and
+/// returns it: no allocation per MAC, and one key serves many threads.
 public final class HMACSHA256: @unchecked Sendable {
-    // The template context is initialised once and only duplicated afterwards (read-only use).
+    // The template is initialised once and only duplicated; pooled contexts are used by one
+    // caller at a time (taken from and returned to `pool` under its lock).
     private let template: OpaquePointer
+    private let pool = Mutex<[ContextReference]>([])
     // Fetched once; an EVP_MAC is immutable and safe to share.
     nonisolated(unsafe) private static let mac: OpaquePointer? = EVP_MAC_fetch(nil, "HMAC", nil)
+
+    private struct ContextReference: @unchecked Sendable { let pointer: OpaquePointer }
 
     public init(key: [UInt8]) throws {
         ERR_clear_error()
@@ -65,17 +71,39 @@ public final class HMACSHA256: @unchecked Sendable {
         template = ctx
     }
 
-    deinit { EVP_MAC_CTX_free(template) }
+    deinit {
+        EVP_MAC_CTX_free(template)
+        pool.withLock { contexts in
+            for c in contexts { EVP_MAC_CTX_free(c.pointer) }
+            contexts.removeAll()
+        }
+    }
+
+    /// Writes the 32-byte MAC of `data` into `out`.
+    public func authenticate(_ data: UnsafeRawBufferPointer, into out: UnsafeMutablePointer<UInt8>) {
+        let ctx: OpaquePointer
+        if let pooled = pool.withLock({ $0.popLast() }) {
+            ctx = pooled.pointer
+            _ = EVP_MAC_init(ctx, nil, 0, nil)
+        } else {
+            guard let fresh = EVP_MAC_CTX_dup(template) else { return }
+            ctx = fresh
+        }
+        var length = 0
+        _ = EVP_MAC_update(ctx, data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count)
+        _ = EVP_MAC_final(ctx, out, &length, 32)
+        pool.withLock { contexts in
+            if contexts.count < 64 { contexts.append(ContextReference(pointer: ctx)) } else { EVP_MAC_CTX_free(ctx) }
+        }
+    }
 
     /// The 32-byte MAC of `data`.
     public func authenticate(_ data: UnsafeRawBufferPointer) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 32)
-        guard let ctx = EVP_MAC_CTX_dup(template) else { return out }
-        defer { EVP_MAC_CTX_free(ctx) }
-        var length = 0
-        _ = EVP_MAC_update(ctx, data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count)
-        _ = EVP_MAC_final(ctx, &out, &length, 32)
-        return out
+        [UInt8](unsafeUninitializedCapacity: 32) { buffer, count in
+            buffer.initialize(repeating: 0)
+            authenticate(data, into: buffer.baseAddress!)
+            count = 32
+        }
     }
 
     public func authenticate(_ data: [UInt8]) -> [UInt8] {
