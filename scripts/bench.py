@@ -117,6 +117,13 @@ def idle_connections(port, pki, count):
     return conns
 
 
+def cpu_steal():
+    """(steal, total) jiffies from /proc/stat: a hypervisor taking CPU from this machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", default=os.path.join(ROOT, ".build/release/ketenpoort"))
@@ -137,6 +144,7 @@ def main():
     ]
     results = {name: {"ketenpoort": [], "nginx": []} for name, _, _ in cases}
     memory = {}
+    steal_before = cpu_steal()
     gateway, gport = start_gateway(binary, work, pki, args.smoke)
     nginx, nport, nworker = start_nginx(work, pki, args.smoke)
     try:
@@ -161,7 +169,10 @@ def main():
         nginx.send_signal(signal.SIGQUIT)
         gateway.wait(timeout=30)
         nginx.wait(timeout=30)
-    summary = {"machine": machine(), "smoke": args.smoke, "runs": runs, "seconds": seconds, "cases": {}, "memory": memory}
+    steal_after = cpu_steal()
+    steal = 100.0 * (steal_after[0] - steal_before[0]) / max(1, steal_after[1] - steal_before[1])
+    summary = {"machine": machine(), "smoke": args.smoke, "runs": runs, "seconds": seconds, "cases": {}, "memory": memory, "cpu_steal_percent": round(steal, 1)}
+    print(f"CPU stolen by the hypervisor during the run: {steal:.1f}%")
     print(f"\n{'case':42} {'server':11} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>10}")
     for name, _, _ in cases:
         row = {}

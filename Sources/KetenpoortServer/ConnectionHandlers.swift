@@ -127,13 +127,20 @@ final class ByteActivityHandler: ChannelInboundHandler, RemovableChannelHandler 
 
 /// Routes a complete request to a response. Implemented by ``GatewayApplication``.
 public protocol GatewayResponder: Sendable {
+    /// Requests answered without I/O are answered here, on the event loop (no future).
+    func respondImmediately(to request: GatewayRequest) -> GatewayResponse?
+    /// Everything else (storage, fsync) completes a future.
     func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse>
+}
+
+extension GatewayResponder {
+    public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? { nil }
 }
 
 /// Assembles requests within the limits, hands them to the responder and writes the answers.
 final class GatewayHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
 
     private enum State {
         case idle
@@ -259,6 +266,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
                 state = .responding
                 let request = GatewayRequest(
                     method: head.method, uri: head.uri, headers: head.headers, body: body, peerCertificate: peerCertificate)
+                if let immediate = responder.respondImmediately(to: request) {
+                    write(context: context, immediate)
+                    return
+                }
                 let future = responder.respond(to: request, on: context.eventLoop)
                 future.assumeIsolated().whenComplete { [weak self] result in
                     guard let self else { return }
@@ -314,39 +325,45 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
             lastRoute = response.route
             lastStatus = status
         }
-        var headers = response.headers
-        if !response.headersComplete {
-            headers.reserveCapacity(headers.count + 4)
-            headers.add(name: "content-length", value: String(response.body.count))
-            headers.add(name: "cache-control", value: "no-store")
-            headers.add(name: "x-content-type-options", value: "nosniff")
+        let bytes: [UInt8]
+        if let wire = response.wire, !closeAfterResponse {
+            bytes = wire
+        } else {
+            bytes = response.serialize(close: closeAfterResponse)
         }
-        if closeAfterResponse { headers.add(name: "connection", value: "close") }
-        let head = HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if !response.body.isEmpty {
-            var buffer = context.channel.allocator.buffer(capacity: response.body.count)
-            buffer.writeBytes(response.body)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        }
-        let close = closeAfterResponse
-        let discarding: Bool
-        if case .discarding = state { discarding = true } else { discarding = false }
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { [weak self] _ in
-            guard let self else { return }
-            if close {
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        if closeAfterResponse {
+            context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
-            } else if !discarding {
-                self.state = .idle
-                self.clock.responseCompleted()
-                self.drainPipelined(context: context)
             }
+            return
         }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        if case .discarding = state { return }
+        // The response is queued in order: the next pipelined request may start.
+        state = .idle
+        clock.responseCompleted()
+        drainPipelined(context: context)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // TLS failures are counted by the TLS handler; HTTP parse errors are answered by NIO's
-        // protocol error handler. Either way the connection ends.
+        // A malformed request gets 400 and the connection ends; TLS failures are counted by the
+        // TLS handler and end the connection too.
+        if error is HTTPParserError, context.channel.isActive, !responseStarted || isIdle {
+            closeAfterResponse = true
+            state = .discarding
+            write(
+                context: context,
+                GatewayResponse.problem(
+                    .badRequest, code: .invalidRequest, title: "Bad request", detail: "the request is not valid HTTP/1.1", route: "malformed"))
+            return
+        }
         context.close(promise: nil)
+    }
+
+    private var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
     }
 }

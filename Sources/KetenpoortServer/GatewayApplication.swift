@@ -58,6 +58,10 @@ public struct GatewayApplication: GatewayResponder {
         self.state = state
     }
 
+    public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? {
+        route(request)
+    }
+
     public func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse> {
         eventLoop.makeSucceededFuture(route(request))
     }

@@ -129,8 +129,9 @@ public final class GatewayServer: Sendable {
                             context: self.tls.context, handshakeTimeout: handshakeTimeout,
                             onHandshakeFailure: { reason in metrics.handshakeFailed(reason) }))
                     try sync.addHandler(ByteActivityHandler(clock: clock))
-                    // Pipelining is handled by GatewayHTTPHandler itself (one hop less per request).
-                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                    // Only the request decoder: GatewayHTTPHandler writes whole responses itself (one
+                    // buffer, one TLS record), handles pipelining and answers parse errors.
+                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try sync.addHandler(
                         GatewayHTTPHandler(responder: self.responder, limits: limits, metrics: metrics, clock: clock))
                     return channel.eventLoop.makeSucceededVoidFuture()

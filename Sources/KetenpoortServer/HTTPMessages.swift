@@ -64,9 +64,6 @@ public struct GatewayResponse: Sendable {
     public var headers: HTTPHeaders
     public var body: [UInt8]
     public var route: String
-    /// The headers already include content-length and the standard response headers (a
-    /// response prepared once and served many times).
-    var headersComplete = false
 
     public init(status: HTTPResponseStatus, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [], route: String) {
         self.status = status
@@ -75,16 +72,36 @@ public struct GatewayResponse: Sendable {
         self.route = route
     }
 
-    /// A response whose headers are complete: served as is.
+    /// The complete response on the wire, for responses prepared once and served many times
+    /// (without `connection: close`).
+    var wire: [UInt8]?
+
+    /// A response serialised once: served as is.
     static func prepared(status: HTTPResponseStatus, contentType: String, body: [UInt8], route: String) -> GatewayResponse {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: contentType)
-        headers.add(name: "content-length", value: String(body.count))
-        headers.add(name: "cache-control", value: "no-store")
-        headers.add(name: "x-content-type-options", value: "nosniff")
         var response = GatewayResponse(status: status, headers: headers, body: body, route: route)
-        response.headersComplete = true
+        response.wire = response.serialize(close: false)
         return response
+    }
+
+    /// HTTP/1.1 status line, headers (with content-length and the standard response headers),
+    /// blank line, body — in one buffer, written with one TLS record.
+    func serialize(close: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(160 + body.count)
+        out.append(contentsOf: "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n".utf8)
+        for (name, value) in headers {
+            out.append(contentsOf: name.utf8)
+            out.append(contentsOf: ": ".utf8)
+            out.append(contentsOf: value.utf8)
+            out.append(contentsOf: "\r\n".utf8)
+        }
+        out.append(contentsOf: "content-length: \(body.count)\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n".utf8)
+        if close { out.append(contentsOf: "connection: close\r\n".utf8) }
+        out.append(contentsOf: "\r\n".utf8)
+        out.append(contentsOf: body)
+        return out
     }
 
     /// A JSON answer.

@@ -258,3 +258,21 @@ struct PolicyReloadTests {
         #expect(throws: (any Error).self) { _ = try GatewayProcess(policies: policies) }
     }
 }
+
+@Suite("Malformed HTTP")
+struct MalformedHTTPTests {
+    @Test("a request that is not valid HTTP/1.1 gets 400 problem+json and the connection closes")
+    func badRequest() throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let (cert, key) = PKIFixture.partner("wijkteam-dordrecht")
+        let r = try runProcess(
+            "openssl",
+            ["s_client", "-quiet", "-ign_eof", "-connect", "127.0.0.1:\(gateway.port)", "-cert", cert, "-cert_chain", cert, "-key", key, "-CAfile", PKIFixture.path("ca.crt")],
+            stdin: "GET /v1/whoami HTTP/1.1\r\nHost localhost\r\n\r\n")
+        #expect(r.stdout.contains("HTTP/1.1 400 Bad Request"))
+        #expect(r.stdout.contains("application/problem+json"))
+        #expect(r.stdout.contains("\"code\":\"invalid_request\""))
+        #expect(r.stdout.contains("connection: close"))
+    }
+}
