@@ -1,4 +1,6 @@
 # Ketenpoort — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 SWIFT ?= swift
 BUILD_DEPS := libssl-dev libsqlite3-dev pkg-config openssl
 TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3
@@ -30,7 +32,7 @@ test: test-deps
 	$(BIN_DEBUG) policy check Policies
 	$(BIN_DEBUG) policy test Policies
 	python3 scripts/check_schema.py
-	$(SWIFT) test --skip-build
+	$(SWIFT) test --skip-build 2>&1 | tee .build/swift-test-output.txt
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 
 ## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).
