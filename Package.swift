@@ -76,7 +76,7 @@ let package = Package(
         .target(
             name: "KetenpoortServer",
             dependencies: [
-                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy",
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -127,7 +127,8 @@ let package = Package(
         .testTarget(
             name: "KetenpoortIntegrationTests",
             dependencies: [
-                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPKI", "KetenpoortServer", "KetenpoortBench",
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPKI", "KetenpoortServer", "KetenpoortBench", "KetenpoortPolicy",
+                "KetenpoortCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

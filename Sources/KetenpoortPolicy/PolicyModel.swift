@@ -295,3 +295,14 @@ extension ForbidRule {
         self.init(id: id, label: label, from: [], to: [], purposes: purposes, categories: categories, fields: [], grounds: [], facts: facts, location: SourceLocation(file: "generated", line: 1))
     }
 }
+
+extension PolicySet {
+    /// Whether a route of `caseTable` lets the gateway re-identify tokens for `partner` (as the
+    /// route's recipient) and `purpose`: the route must say `reidentification: true`.
+    public func permitsReidentification(caseTable: String, partner partnerID: String, purpose: String) -> Bool {
+        guard let table = tables[caseTable], let partner = registry.partner(id: partnerID) else { return false }
+        return table.routes.contains { route in
+            route.allowReidentification && route.purposes.contains(purpose) && route.to.contains { $0.matches(partner) }
+        }
+    }
+}

@@ -146,7 +146,19 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.fireChannelActive()
     }
 
+    /// Client side: keeps a resumable session (TLS 1.3 tickets arrive after the handshake, so
+    /// this is tried again when the connection ends).
+    private func rememberSession() {
+        guard tlsContext.configuration.role == .client, let session, let ssl, let current = SSL_get1_session(ssl) else { return }
+        if SSL_SESSION_is_resumable(current) == 1 {
+            session.store(current)
+        } else {
+            SSL_SESSION_free(current)
+        }
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
+        if state == .active || state == .closing || state == .closed { rememberSession() }
         handshakeTimer?.cancel()
         if state == .handshaking { reportFailure(.connectionClosed) }
         state = .closed
@@ -222,9 +234,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             handshakeTimer?.cancel()
             handshakeTimer = nil
             flushNetwork(context: context, promise: nil)
-            if tlsContext.configuration.role == .client, let session {
-                if let current = SSL_get1_session(ssl) { session.store(current) }
-            }
+            rememberSession()
             let info = connectionInfo(ssl)
             context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(info))
             if pendingPlaintext != nil { flushPlaintext(context: context) }
@@ -364,6 +374,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func initiateClose(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         switch state {
         case .active:
+            rememberSession()
             state = .closing
             if pendingPlaintext != nil {
                 // Nothing written before close may be lost.

@@ -31,8 +31,11 @@ final class TestHTTPSClient: @unchecked Sendable {
 
     /// Connects and completes the TLS handshake (in TLS 1.3 a refused client only learns of the
     /// refusal on its first read: use ``request`` to see it).
-    static func connect(port: Int, cert: String?, key: String?, ca: String = PKIFixture.path("ca.crt"), host: String = "127.0.0.1") async throws -> TestHTTPSClient {
-        let context = try TLSContext(configuration: .client(certificateChainPath: cert, privateKeyPath: key, trustRootsPath: ca))
+    static func connect(
+        port: Int, cert: String?, key: String?, ca: String = PKIFixture.path("ca.crt"), host: String = "127.0.0.1",
+        context existing: TLSContext? = nil, sessions: TLSClientSessionCache? = nil
+    ) async throws -> TestHTTPSClient {
+        let context = try existing ?? TLSContext(configuration: .client(certificateChainPath: cert, privateKeyPath: key, trustRootsPath: ca))
         let loop = group.next()
         let handshake = loop.makePromise(of: TLSConnectionInfo.self)
         let collector = ResponseCollector(handshake: handshake)
@@ -40,7 +43,7 @@ final class TestHTTPSClient: @unchecked Sendable {
             .channelInitializer { channel in
                 do {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(OpenSSLHandler(context: context, serverHostname: host))
+                    try sync.addHandler(OpenSSLHandler(context: context, serverHostname: host, sessionCache: sessions))
                     try sync.addHTTPClientHandlers()
                     try sync.addHandler(collector)
                     return channel.eventLoop.makeSucceededVoidFuture()
