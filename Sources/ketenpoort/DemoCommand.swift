@@ -73,6 +73,11 @@ struct Demo: AsyncParsableCommand {
 
                   curl \(addresses.operationsURL)/metrics
 
+                The policies of the region, their tests, and one decision explained:
+
+                  .build/debug/ketenpoort policy test Policies
+                  .build/debug/ketenpoort policy check Policies
+
                 Certificates: \(pki)/README.txt. Stop with Ctrl-C (graceful shutdown).
                 """)
         }
