@@ -38,6 +38,9 @@ test: test-deps
 ## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).
 bench: release test-deps
 	python3 scripts/bench.py --bin $(BIN_RELEASE)
+	@python3 -c "import cedarpy" 2>/dev/null || python3 -m pip install -q cedarpy
+	python3 scripts/bench_policy.py $(BIN_RELEASE)
+	$(BIN_RELEASE) bench pseudonym
 
 policy-check: build
 	$(BIN_DEBUG) policy check Policies

@@ -53,7 +53,9 @@ public struct Subject: Sendable, Hashable {
     /// A certified institution acting as guardian (voogd), which consents in the parents' place.
     public var guardian: String?
     /// The categories that concern this subject; `nil`: every category of the exchange.
-    public var categories: Set<String>?
+    public var categories: Set<String>? { didSet { categoryBits = categories.map { FieldCatalogue.shared.categoryBits(of: $0) } } }
+    /// `categories` numbered (see ``FieldCatalogue``).
+    var categoryBits: UInt64?
 
     public init(ref: String, role: String, age: Int? = nil, competent: Bool = true, custodyHolders: [String] = [], guardian: String? = nil, categories: Set<String>? = nil) {
         self.ref = ref
@@ -63,6 +65,7 @@ public struct Subject: Sendable, Hashable {
         self.custodyHolders = custodyHolders
         self.guardian = guardian
         self.categories = categories
+        self.categoryBits = categories.map { FieldCatalogue.shared.categoryBits(of: $0) }
     }
 }
 
@@ -78,7 +81,8 @@ public struct ConsentFact: Sendable, Hashable {
     public var purposes: Set<String>
     /// Recipient partner ids or `kind:<kind>`.
     public var recipients: Set<String>
-    public var categories: Set<String>
+    public var categories: Set<String> { didSet { categoryBits = FieldCatalogue.shared.categoryBits(of: categories) } }
+    var categoryBits: UInt64
     public var validFrom: String?
     public var validUntil: String?
     public var withdrawn: Bool
@@ -94,6 +98,7 @@ public struct ConsentFact: Sendable, Hashable {
         self.purposes = purposes
         self.recipients = recipients
         self.categories = categories
+        self.categoryBits = FieldCatalogue.shared.categoryBits(of: categories)
         self.validFrom = validFrom
         self.validUntil = validUntil
         self.withdrawn = withdrawn
@@ -140,7 +145,9 @@ public struct DecisionRequest: Sendable {
     public var basis: SecrecyBasis
     public var subjects: [Subject]
     /// Requested `category.field` paths.
-    public var fields: Set<String>
+    public var fields: Set<String> { didSet { paths = FieldPaths(fields) } }
+    /// `fields` numbered once, when the request is built.
+    var paths: FieldPaths
     public var facts: CaseFacts
 
     public init(sender: String, caseTable: String, purpose: String, recipient: String, basis: SecrecyBasis, subjects: [Subject], fields: Set<String>, facts: CaseFacts) {
@@ -151,6 +158,7 @@ public struct DecisionRequest: Sendable {
         self.basis = basis
         self.subjects = subjects
         self.fields = fields
+        self.paths = FieldPaths(fields)
         self.facts = facts
     }
 
@@ -195,6 +203,7 @@ extension DecisionRequest {
         }
         for path in try texts(json["fields"], "fields") { fields.insert(path) }
         self.fields = fields
+        self.paths = FieldPaths(fields)
         var subjects: [Subject] = []
         for item in json["subjects"]?.arrayValue ?? [] {
             let ref = try text(item["ref"], "subjects[].ref")

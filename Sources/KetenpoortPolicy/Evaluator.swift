@@ -27,8 +27,8 @@ public struct Obligations: Sendable, Hashable {
     public var review = false
     public var retentionYears: Int?
     public var confidentiality = Confidentiality()
-    /// The lawful basis per released category (DPV term and references).
-    public var lawfulBasis: [String: String] = [:]
+    /// The lawful basis (DPV term) of each released category, in catalogue order.
+    public var lawfulBasis: [(category: String, basis: String)] = []
     public var reidentificationAllowed = false
     public init() {}
 }
@@ -90,7 +90,7 @@ extension PolicySet {
         guard !request.fields.isEmpty else {
             return deny("nothing-requested", "Geen gegevens", "the exchange carries no fields")
         }
-        let paths = FieldPaths(request.fields)
+        let paths = request.paths
 
         // Permit: the first route that matches and whose ground holds.
         var permit: (route: Route, obligations: Obligations)? = nil
@@ -167,7 +167,7 @@ extension PolicySet {
             return .failure(RouteFailure(reason: "the route does not accept ground `\(groundName)` (it accepts \(route.grounds.keys.sorted().joined(separator: ", ")))"))
         }
         // The ground itself.
-        var consentCovers: Set<String>? = nil
+        var consentCovers: UInt64? = nil
         switch request.basis {
         case .consent(let ids):
             switch consentCoverage(ids: ids, request: request, categories: paths.categories, recipient: recipient) {
@@ -200,7 +200,7 @@ extension PolicySet {
         let catalogue = FieldCatalogue.shared
         let compiled = route.compiled
         let release = compiled.release[groundName] ?? FieldBits()
-        let coveredBits = consentCovers.map { catalogue.categoryBits(of: $0) }
+        let coveredBits = consentCovers
         obligations.withheldFields = paths.unknown
         obligations.releasedFields.reserveCapacity(paths.ids.count)
         for id in paths.ids {
@@ -212,7 +212,9 @@ extension PolicySet {
                 continue
             }
             obligations.releasedFields.append((catalogue.paths[id], transform))
-            if let basis = compiled.basis[category] { obligations.lawfulBasis[catalogue.categories[category]] = basis }
+            if let basis = compiled.basis[category], obligations.lawfulBasis.last?.category != catalogue.categories[category] {
+                obligations.lawfulBasis.append((catalogue.categories[category], basis))
+            }
         }
         guard !obligations.releasedFields.isEmpty else {
             return .failure(RouteFailure(reason: "ground `\(groundName)` lets none of the requested fields through"))
@@ -235,57 +237,75 @@ extension PolicySet {
 
     /// For each person whose data flows, a valid consent from someone with the capacity to give
     /// it (domain.md "Who may consent to sharing"). Returns the categories every needed consent covers.
-    func consentCoverage(ids: [String], request: DecisionRequest, categories requested: Set<String>, recipient: Partner) -> Result<Set<String>, RouteFailure> {
-        let referenced = Set(ids)
+    func consentCoverage(ids: [String], request: DecisionRequest, categories requested: Set<String>, recipient: Partner) -> Result<UInt64, RouteFailure> {
         let date = request.facts.date
-        let valid = request.facts.consents.filter { c in
-            referenced.contains(c.id) && !c.withdrawn && (c.validFrom.map { $0 <= date } ?? true) && (c.validUntil.map { $0 >= date } ?? true)
-                && c.purposes.contains(request.purpose) && (c.recipients.contains(recipient.id) || c.recipients.contains("kind:" + recipient.kind))
-        }
-        for id in referenced where !request.facts.consents.contains(where: { $0.id == id }) {
-            return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
+        let requestedBits = request.paths.categoryBits
+        let recipientKind = "kind:" + recipient.kind
+        var valid: [ConsentFact] = []
+        for id in ids {
+            guard let c = request.facts.consents.first(where: { $0.id == id }) else {
+                return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
+            }
+            if !c.withdrawn && (c.validFrom.map { $0 <= date } ?? true) && (c.validUntil.map { $0 >= date } ?? true)
+                && c.purposes.contains(request.purpose) && (c.recipients.contains(recipient.id) || c.recipients.contains(recipientKind))
+            {
+                valid.append(c)
+            }
         }
         guard !request.subjects.isEmpty else { return .failure(RouteFailure(reason: "a consent basis needs the subjects the data is about")) }
-        var covered = requested
+        var covered = requestedBits
         for subject in request.subjects {
-            let concerns = subject.categories.map { $0.intersection(requested) } ?? requested
-            if concerns.isEmpty { continue }
-            let mine = valid.filter { $0.subject == subject.ref }
-            let capable: [ConsentFact]
+            let concerns = subject.categoryBits.map { $0 & requestedBits } ?? requestedBits
+            if concerns == 0 { continue }
             let age = subject.age ?? 18
+            var grantedBits: UInt64 = 0
+            var anyOfTheirs = false
             if !subject.competent || age < 12 {
                 if let guardian = subject.guardian {
-                    capable = mine.filter { $0.grantor == "guardian" && $0.grantorRef == guardian }
+                    for c in valid where c.subject == subject.ref {
+                        anyOfTheirs = true
+                        if c.grantor == "guardian" && c.grantorRef == guardian { grantedBits |= c.categoryBits }
+                    }
                 } else if age >= 18 {
-                    capable = mine.filter { $0.grantor == "representative" }
+                    for c in valid where c.subject == subject.ref {
+                        anyOfTheirs = true
+                        if c.grantor == "representative" { grantedBits |= c.categoryBits }
+                    }
                 } else {
                     // Every parent with custody must consent (joint custody: both).
                     guard !subject.custodyHolders.isEmpty else {
                         return .failure(RouteFailure(reason: "subject `\(subject.ref)` cannot consent and no parent holds custody"))
                     }
-                    let parents = mine.filter { $0.grantor == "parent_with_custody" }
-                    for holder in subject.custodyHolders where !parents.contains(where: { $0.grantorRef == holder }) {
-                        return .failure(RouteFailure(reason: "subject `\(subject.ref)` is under 12 or not competent: every parent with custody must consent, `\(holder)` did not"))
-                    }
-                    var categories = concerns
+                    var all: UInt64 = ~0
                     for holder in subject.custodyHolders {
-                        let theirs = parents.filter { $0.grantorRef == holder }.reduce(into: Set<String>()) { $0.formUnion($1.categories) }
-                        categories.formIntersection(theirs)
+                        var theirs: UInt64 = 0
+                        var found = false
+                        for c in valid where c.subject == subject.ref && c.grantor == "parent_with_custody" && c.grantorRef == holder {
+                            theirs |= c.categoryBits
+                            found = true
+                        }
+                        guard found else {
+                            return .failure(RouteFailure(reason: "subject `\(subject.ref)` is under 12 or not competent: every parent with custody must consent, `\(holder)` did not"))
+                        }
+                        all &= theirs
                     }
-                    covered.subtract(concerns.subtracting(categories))
-                    if categories.isEmpty { return .failure(RouteFailure(reason: "the parents' consents cover none of the categories about `\(subject.ref)`")) }
+                    let granted = concerns & all
+                    if granted == 0 { return .failure(RouteFailure(reason: "the parents' consents cover none of the categories about `\(subject.ref)`")) }
+                    covered &= ~(concerns & ~granted)
                     continue
                 }
             } else {
                 // From 12 the young person decides alone; parents neither co-consent nor veto.
-                capable = mine.filter { $0.grantor == "self" }
+                for c in valid where c.subject == subject.ref {
+                    anyOfTheirs = true
+                    if c.grantor == "self" { grantedBits |= c.categoryBits }
+                }
             }
-            if capable.isEmpty {
-                let reason = mine.isEmpty ? "no valid consent of or for `\(subject.ref)`" : "the consent for `\(subject.ref)` was not given by someone with the capacity to give it"
+            if grantedBits == 0 {
+                let reason = anyOfTheirs ? "the consent for `\(subject.ref)` was not given by someone with the capacity to give it" : "no valid consent of or for `\(subject.ref)`"
                 return .failure(RouteFailure(reason: reason))
             }
-            let categories = capable.reduce(into: Set<String>()) { $0.formUnion($1.categories) }
-            covered.subtract(concerns.subtracting(categories))
+            covered &= ~(concerns & ~grantedBits)
         }
         return .success(covered)
     }

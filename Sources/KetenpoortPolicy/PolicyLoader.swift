@@ -317,7 +317,7 @@ final class PolicyFileReader {
         return CaseTable(
             id: id, name: name, kind: kind, controllers: controllers, jointControllers: joint, contactPoint: contactPoint,
             members: members, purposes: purposes, purposeOrder: purposeOrder, routes: routes, forbids: forbids, file: file,
-            routeIndex: index)
+            routeIndex: index, registry: registry)
     }
 
     static func key(_ ref: PartyRef) -> String {

@@ -199,7 +199,7 @@ public struct Membership: Sendable {
 }
 
 /// One case table (casustafel), compiled.
-public struct CaseTable: Sendable {
+public final class CaseTable: Sendable {
     public let id: String
     public let name: String
     public let kind: String
@@ -215,6 +215,44 @@ public struct CaseTable: Sendable {
     public let file: String
     /// (from, to, purpose) → indices into `routes`; from/to keyed as `id:X` or `kind:Y`.
     let routeIndex: [RouteKey: [Int]]
+    /// purpose → sender partner id → recipient partner id → route indices (kinds expanded to
+    /// the registry's partners when the set is built): three lookups per decision.
+    let expandedIndex: [String: [String: [String: [Int]]]]
+
+    init(
+        id: String, name: String, kind: String, controllers: [String], jointControllers: Bool, contactPoint: String,
+        members: [Membership], purposes: [String: String], purposeOrder: [String], routes: [Route], forbids: [ForbidRule], file: String,
+        routeIndex: [RouteKey: [Int]], registry: PartnerRegistry? = nil
+    ) {
+        self.id = id
+        self.name = name
+        self.kind = kind
+        self.controllers = controllers
+        self.jointControllers = jointControllers
+        self.contactPoint = contactPoint
+        self.members = members
+        self.purposes = purposes
+        self.purposeOrder = purposeOrder
+        self.routes = routes
+        self.forbids = forbids
+        self.file = file
+        self.routeIndex = routeIndex
+        var expanded: [String: [String: [String: [Int]]]] = [:]
+        if let registry {
+            for (i, route) in routes.enumerated() {
+                let senders = registry.partners.filter { p in route.from.contains { $0.matches(p) } }
+                let recipients = registry.partners.filter { p in route.to.contains { $0.matches(p) } }
+                for purpose in route.purposes {
+                    for sender in senders {
+                        for recipient in recipients {
+                            expanded[purpose, default: [:]][sender.id, default: [:]][recipient.id, default: []].append(i)
+                        }
+                    }
+                }
+            }
+        }
+        self.expandedIndex = expanded
+    }
 
     public func isMember(_ partner: Partner, on date: String) -> Bool {
         members.contains { $0.covers(partner, on: date) }
@@ -222,6 +260,9 @@ public struct CaseTable: Sendable {
 
     /// The candidate routes for a sender, recipient and purpose: four dictionary lookups.
     func candidateRoutes(from sender: Partner, to recipient: Partner, purpose: String) -> [Int] {
+        if !expandedIndex.isEmpty {
+            return expandedIndex[purpose]?[sender.id]?[recipient.id] ?? []
+        }
         var result: [Int] = []
         for fromKey in [PartyRef.partner(sender.id), PartyRef.kind(sender.kind)] {
             for toKey in [PartyRef.partner(recipient.id), PartyRef.kind(recipient.kind)] {
@@ -260,7 +301,7 @@ public struct PolicySet: Sendable {
 
 extension CaseTable {
     /// The same table without one route (index rebuilt): for "what does removing it change".
-    public func removingRoute(_ routeID: String) -> CaseTable {
+    public func removingRoute(_ routeID: String, registry registryForIndex: PartnerRegistry? = nil) -> CaseTable {
         let kept = routes.filter { $0.id != routeID }
         var index: [RouteKey: [Int]] = [:]
         for (i, route) in kept.enumerated() {
@@ -274,14 +315,15 @@ extension CaseTable {
         }
         return CaseTable(
             id: id, name: name, kind: kind, controllers: controllers, jointControllers: jointControllers, contactPoint: contactPoint,
-            members: members, purposes: purposes, purposeOrder: purposeOrder, routes: kept, forbids: forbids, file: file, routeIndex: index)
+            members: members, purposes: purposes, purposeOrder: purposeOrder, routes: kept, forbids: forbids, file: file, routeIndex: index,
+            registry: registryForIndex)
     }
 }
 
 extension PolicySet {
     /// The same set without one route.
     public func removingRoute(_ routeID: String) -> PolicySet {
-        PolicySet(version: version + "-" + routeID, registry: registry, tables: tables.mapValues { $0.removingRoute(routeID) }, regionForbids: regionForbids)
+        PolicySet(version: version + "-" + routeID, registry: registry, tables: tables.mapValues { $0.removingRoute(routeID, registry: registry) }, regionForbids: regionForbids)
     }
 
     /// The same set with an extra region-wide forbid rule.
