@@ -2,23 +2,49 @@ import KetenpoortCore
 
 /// What a decision obliges the gateway to do with a permitted exchange.
 public struct Obligations: Sendable, Hashable {
+    /// Released fields as catalogue ids (ascending), and the route whose transforms apply.
+    var releasedIDs: [Int] = []
+    var releasedBits = FieldBits()
+    var withheldIDs: [Int] = []
+    var withheldUnknown: [String] = []
+    var route: Route?
+
     /// Released `category.field` paths with their transforms (pseudonymise/token domains are the
     /// recipient's), in catalogue order.
-    public var releasedFields: [(path: String, transform: FieldTransform)] = []
+    public var releasedFields: [(path: String, transform: FieldTransform)] {
+        guard let route else { return [] }
+        let catalogue = FieldCatalogue.shared
+        return releasedIDs.map { (catalogue.paths[$0], route.compiled.transforms[$0] ?? .drop) }
+    }
     /// Withheld `category.field` paths.
-    public var withheldFields: [String] = []
+    public var withheldFields: [String] {
+        withheldIDs.map { FieldCatalogue.shared.paths[$0] } + withheldUnknown
+    }
     /// Released `category.field` → transform.
     public var released: [String: FieldTransform] {
         Dictionary(releasedFields.map { ($0.path, $0.transform) }, uniquingKeysWith: { first, _ in first })
     }
     public var withheld: Set<String> { Set(withheldFields) }
+    /// The lawful basis (DPV term) of each released category, in catalogue order.
+    public var lawfulBasis: [(category: String, basis: String)] {
+        guard let route else { return [] }
+        let catalogue = FieldCatalogue.shared
+        var result: [(category: String, basis: String)] = []
+        for id in releasedIDs {
+            let category = catalogue.categoryOf[id]
+            if let basis = route.compiled.basis[category], result.last?.category != catalogue.categories[category] {
+                result.append((catalogue.categories[category], basis))
+            }
+        }
+        return result
+    }
 
     public static func == (a: Obligations, b: Obligations) -> Bool {
         a.released == b.released && a.withheld == b.withheld && a.informSubjectBy == b.informSubjectBy && a.review == b.review
     }
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(released)
-        hasher.combine(withheld)
+        hasher.combine(releasedIDs)
+        hasher.combine(withheldIDs)
     }
     /// The date by which the subject must be informed (`nil`: no duty, or deferred).
     public var informSubjectBy: String?
@@ -27,8 +53,6 @@ public struct Obligations: Sendable, Hashable {
     public var review = false
     public var retentionYears: Int?
     public var confidentiality = Confidentiality()
-    /// The lawful basis (DPV term) of each released category, in catalogue order.
-    public var lawfulBasis: [(category: String, basis: String)] = []
     public var reidentificationAllowed = false
     public init() {}
 }
@@ -47,14 +71,44 @@ public struct RuleTrace: Sendable, Hashable {
 public struct Decision: Sendable {
     public enum Effect: String, Sendable { case permit, deny }
     public let effect: Effect
-    /// The deciding rule ids: the permitting route, or the forbids/checks that denied.
-    public let rules: [String]
+    private let denyingRules: [String]
     public let obligations: Obligations
-    /// Every rule consulted, in order (for `policy explain`).
-    public let trace: [RuleTrace]
+    private let recordedTrace: [RuleTrace]
     public let policyVersion: String
 
+    init(effect: Effect, rules: [String], obligations: Obligations, trace: [RuleTrace], policyVersion: String) {
+        self.effect = effect
+        self.denyingRules = rules
+        self.obligations = obligations
+        self.recordedTrace = trace
+        self.policyVersion = policyVersion
+    }
+
+    /// A permit: the deciding route is in the obligations (nothing else is built on the hot path).
+    init(permitting obligations: Obligations, trace: [RuleTrace], policyVersion: String) {
+        self.effect = .permit
+        self.denyingRules = []
+        self.obligations = obligations
+        self.recordedTrace = trace
+        self.policyVersion = policyVersion
+    }
+
     public var isPermit: Bool { effect == .permit }
+
+    /// The deciding rule ids: the permitting route, or the forbids/checks that denied.
+    public var rules: [String] {
+        if effect == .permit, let route = obligations.route { return [route.id] }
+        return denyingRules
+    }
+
+    /// Every rule consulted, in order (complete with `evaluate(_:explain: true)`; otherwise the
+    /// deciding rules only).
+    public var trace: [RuleTrace] {
+        if effect == .permit, recordedTrace.isEmpty, let route = obligations.route {
+            return [RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "its ground holds for the released fields")]
+        }
+        return recordedTrace
+    }
 
     /// The explanation in the policy's own words: the deciding rules' labels and reasons.
     public var explanation: [String] {
@@ -73,7 +127,7 @@ extension PolicySet {
         var trace: [RuleTrace] = []
         func deny(_ id: String, _ label: String, _ reason: String) -> Decision {
             trace.append(RuleTrace(kind: .check, id: id, label: label, matched: true, reason: reason))
-            return Decision(effect: .deny, rules: [id], obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+            return Decision(effect: .deny, rules: [id], obligations: Obligations(withheld: request.paths), trace: trace, policyVersion: version)
         }
         guard let table = tables[request.caseTable] else {
             return deny("unknown-case-table", "Onbekende casustafel", "no case table `\(request.caseTable)` is declared")
@@ -100,8 +154,8 @@ extension PolicySet {
             let route = table.routes[index]
             switch evaluate(route: route, table: table, request: request, paths: paths, recipient: recipient) {
             case .success(let obligations):
-                if explain || permit == nil {
-                    trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.releasedFields.count) field(s)"))
+                if explain {
+                    trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.releasedIDs.count) field(s)"))
                 }
                 if permit == nil { permit = (route, obligations) }
             case .failure(let why):
@@ -119,42 +173,41 @@ extension PolicySet {
         // Forbids: they override any permit; with `explain` every one is listed.
         let releasedBits: FieldBits
         if let permit {
-            var bits = FieldBits()
-            for (path, _) in permit.obligations.releasedFields { if let id = FieldCatalogue.shared.id(ofPath: path) { bits.insert(id) } }
-            releasedBits = bits
+            releasedBits = permit.obligations.releasedBits
         } else {
-            releasedBits = FieldCatalogue.shared.bits(of: paths.ids.map { FieldCatalogue.shared.paths[$0] })
+            var bits = FieldBits()
+            for id in paths.ids { bits.insert(id) }
+            releasedBits = bits
         }
-        let context = ForbidContext(request: request, table: table, sender: sender, recipient: recipient, route: permit?.route, released: releasedBits, registry: registry)
+        let context = ForbidContext(table: table, sender: sender, recipient: recipient, route: permit?.route, released: releasedBits, registry: registry)
         var forbidding: [String] = []
         for rule in forbidsByTable[table.id] ?? regionForbids {
-            let matched = context.matches(rule)
+            let matched = context.matches(rule, request)
             if matched { forbidding.append(rule.id) }
             if explain || matched {
-                trace.append(RuleTrace(kind: .forbid, id: rule.id, label: rule.label, matched: matched, reason: matched ? "all its conditions hold" : context.whyNot(rule)))
+                trace.append(RuleTrace(kind: .forbid, id: rule.id, label: rule.label, matched: matched, reason: matched ? "all its conditions hold" : context.whyNot(rule, request)))
             }
         }
         if !forbidding.isEmpty {
-            return Decision(effect: .deny, rules: forbidding, obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+            return Decision(effect: .deny, rules: forbidding, obligations: Obligations(withheld: paths), trace: trace, policyVersion: version)
         }
         guard let permit else {
             if !explain { trace.append(contentsOf: failedRoutes.filter { $0.id != "no-route" }) }
-            return Decision(effect: .deny, rules: failedRoutes.map(\.id), obligations: Obligations(withheld: request.fields), trace: trace, policyVersion: version)
+            return Decision(effect: .deny, rules: failedRoutes.map(\.id), obligations: Obligations(withheld: paths), trace: trace, policyVersion: version)
         }
-        return Decision(effect: .permit, rules: [permit.route.id], obligations: permit.obligations, trace: trace, policyVersion: version)
+        return Decision(permitting: permit.obligations, trace: trace, policyVersion: version)
     }
 
     struct RouteFailure: Error { let reason: String }
 
     func evaluate(route: Route, table: CaseTable, request: DecisionRequest, paths: FieldPaths, recipient: Partner) -> Result<Obligations, RouteFailure> {
-        let facts = request.facts
         for condition in route.conditions {
             let holds: Bool
             switch condition {
-            case "supervision_order_active": holds = facts.supervisionOrderActive
-            case "supervision_order_by_recipient": holds = facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id
-            case "vt_investigation_open": holds = facts.vtInvestigationOpen
-            case "no_vt_investigation": holds = !facts.vtInvestigationOpen
+            case "supervision_order_active": holds = request.facts.supervisionOrderActive
+            case "supervision_order_by_recipient": holds = request.facts.supervisionOrderActive && request.facts.supervisionOrderInstitution == recipient.id
+            case "vt_investigation_open": holds = request.facts.vtInvestigationOpen
+            case "no_vt_investigation": holds = !request.facts.vtInvestigationOpen
             default: holds = false  // an unknown condition never permits
             }
             if !holds { return .failure(RouteFailure(reason: "condition `\(condition)` does not hold")) }
@@ -178,7 +231,7 @@ extension PolicySet {
             if let kind = Vocabulary.groundRecipientKind[s.ground], recipient.kind != kind {
                 return .failure(RouteFailure(reason: "ground `\(s.ground)` is valid only towards a `\(kind)` recipient"))
             }
-            if s.ground == "jw-7.3.11-4" && !(facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id) {
+            if s.ground == "jw-7.3.11-4" && !(request.facts.supervisionOrderActive && request.facts.supervisionOrderInstitution == recipient.id) {
                 return .failure(RouteFailure(reason: "ground `jw-7.3.11-4` needs an active supervision order carried out by `\(recipient.id)`"))
             }
             if s.ground == "conflict-of-duties" && !s.conflictJudgementComplete {
@@ -199,32 +252,31 @@ extension PolicySet {
         var obligations = Obligations()
         let catalogue = FieldCatalogue.shared
         let compiled = route.compiled
-        let release = compiled.release[groundName] ?? FieldBits()
+        let release = ground.releaseBits
         let coveredBits = consentCovers
-        obligations.withheldFields = paths.unknown
-        obligations.releasedFields.reserveCapacity(paths.ids.count)
+        obligations.withheldUnknown = paths.unknown
+        obligations.route = route
+        obligations.releasedIDs.reserveCapacity(paths.ids.count)
         for id in paths.ids {
             let category = catalogue.categoryOf[id]
-            guard let transform = compiled.transforms[id], release.contains(id),
+            guard compiled.transforms[id] != nil, release.contains(id),
                 coveredBits.map({ $0 & (1 << UInt64(category)) != 0 }) ?? true
             else {
-                obligations.withheldFields.append(catalogue.paths[id])
+                obligations.withheldIDs.append(id)
                 continue
             }
-            obligations.releasedFields.append((catalogue.paths[id], transform))
-            if let basis = compiled.basis[category], obligations.lawfulBasis.last?.category != catalogue.categories[category] {
-                obligations.lawfulBasis.append((catalogue.categories[category], basis))
-            }
+            obligations.releasedIDs.append(id)
+            obligations.releasedBits.insert(id)
         }
-        guard !obligations.releasedFields.isEmpty else {
+        guard !obligations.releasedIDs.isEmpty else {
             return .failure(RouteFailure(reason: "ground `\(groundName)` lets none of the requested fields through"))
         }
         let safety = Vocabulary.safetyExceptionGrounds.contains(groundName)
         obligations.review = safety
         if safety || groundName == "statutory" {
             switch route.inform {
-            case .before: obligations.informSubjectBy = facts.date
-            case .after(let days): obligations.informSubjectBy = DateText.adding(days: days, to: facts.date)
+            case .before: obligations.informSubjectBy = request.facts.date
+            case .after(let days): obligations.informSubjectBy = DateText.adding(days: days, to: request.facts.date)
             case .deferred(let g): obligations.informDeferredGround = g
             case .notRequired: break
             }
@@ -313,7 +365,6 @@ extension PolicySet {
 
 /// The facts a forbid rule can test, computed once per decision.
 struct ForbidContext {
-    let request: DecisionRequest
     let table: CaseTable
     let sender: Partner
     let recipient: Partner
@@ -322,8 +373,7 @@ struct ForbidContext {
     let registry: PartnerRegistry
     let releasedCategories: UInt64
 
-    init(request: DecisionRequest, table: CaseTable, sender: Partner, recipient: Partner, route: Route?, released: FieldBits, registry: PartnerRegistry) {
-        self.request = request
+    init(table: CaseTable, sender: Partner, recipient: Partner, route: Route?, released: FieldBits, registry: PartnerRegistry) {
         self.table = table
         self.sender = sender
         self.recipient = recipient
@@ -336,41 +386,40 @@ struct ForbidContext {
         releasedCategories = categories
     }
 
-    func matches(_ rule: ForbidRule) -> Bool {
+    func matches(_ rule: ForbidRule, _ request: DecisionRequest) -> Bool {
         if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return false }
         if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return false }
         if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return false }
         if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return false }
         if !rule.categories.isEmpty && rule.compiled.categories & releasedCategories == 0 { return false }
         if !rule.fields.isEmpty && !rule.compiled.fields.intersects(released) { return false }
-        for fact in rule.compiled.facts where !holds(fact) { return false }
+        for fact in rule.compiled.facts where !holds(fact, request) { return false }
         return true
     }
 
     /// Why a forbid rule does not match (for explanations).
-    func whyNot(_ rule: ForbidRule) -> String {
+    func whyNot(_ rule: ForbidRule, _ request: DecisionRequest) -> String {
         if !rule.from.isEmpty && !rule.from.contains(where: { $0.matches(sender) }) { return "the sender is not \(list(rule.from))" }
         if !rule.to.isEmpty && !rule.to.contains(where: { $0.matches(recipient) }) { return "the recipient is not \(list(rule.to))" }
         if !rule.purposes.isEmpty && !rule.purposes.contains(request.purpose) { return "the purpose is not \(rule.purposes.sorted().joined(separator: ", "))" }
         if !rule.grounds.isEmpty && !rule.grounds.contains(request.basis.ground) { return "the ground is not \(rule.grounds.sorted().joined(separator: ", "))" }
         if !rule.categories.isEmpty && rule.compiled.categories & releasedCategories == 0 { return "none of \(rule.categories.sorted().joined(separator: ", ")) would flow" }
         if !rule.fields.isEmpty && !rule.compiled.fields.intersects(released) { return "none of \(rule.fields.sorted().joined(separator: ", ")) would flow" }
-        for fact in rule.compiled.facts where !holds(fact) { return "`\(fact.rawValue)` does not hold" }
+        for fact in rule.compiled.facts where !holds(fact, request) { return "`\(fact.rawValue)` does not hold" }
         return "all its conditions hold"
     }
 
     func list(_ refs: [PartyRef]) -> String { refs.map(\.description).joined(separator: ", ") }
 
-    func holds(_ fact: ForbidFact) -> Bool {
-        let facts = request.facts
+    func holds(_ fact: ForbidFact, _ request: DecisionRequest) -> Bool {
         switch fact {
-        case .caseClosed: return facts.caseClosed
-        case .senderNotMember: return !table.isMember(sender, on: facts.date)
-        case .recipientNotMember: return !table.isMember(recipient, on: facts.date)
+        case .caseClosed: return request.facts.caseClosed
+        case .senderNotMember: return !table.isMember(sender, on: request.facts.date)
+        case .recipientNotMember: return !table.isMember(recipient, on: request.facts.date)
         case .statutoryGroundWrongRecipient:
             guard let kind = Vocabulary.groundRecipientKind[request.basis.ground] else { return false }
             if recipient.kind != kind { return true }
-            if request.basis.ground == "jw-7.3.11-4" { return !(facts.supervisionOrderActive && facts.supervisionOrderInstitution == recipient.id) }
+            if request.basis.ground == "jw-7.3.11-4" { return !(request.facts.supervisionOrderActive && request.facts.supervisionOrderInstitution == recipient.id) }
             return false
         case .safetyExceptionIncomplete:
             guard case .safetyException(let s) = request.basis else { return false }
@@ -379,16 +428,16 @@ struct ForbidContext {
             return request.subjects.count > (route?.maxSubjects ?? 8)
         case .locationMayReachKeptApart:
             let refs = Set(request.subjects.map(\.ref))
-            let keptApart = facts.keepApart.contains { refs.contains($0.0) }
+            let keptApart = request.facts.keepApart.contains { refs.contains($0.0) }
             let discloses = route?.disclosesToFamily ?? true
             return keptApart && discloses
         case .bystanderReporterWithoutConsent:
-            return facts.reporterKind == "bystander" && !facts.reporterConsented
+            return request.facts.reporterKind == "bystander" && !request.facts.reporterConsented
         case .reporterProtected:
-            return facts.reporterProtected
+            return request.facts.reporterProtected
         case .consentWithoutCapacity:
             guard case .consent(let ids) = request.basis else { return false }
-            let used = facts.consents.filter { ids.contains($0.id) }
+            let used = request.facts.consents.filter { ids.contains($0.id) }
             return !used.isEmpty && used.allSatisfy { $0.grantor == "parent_without_custody" }
         case .unknown:
             return true  // an unknown fact never lets a forbid fail open
@@ -433,7 +482,15 @@ enum DateText {
 extension Obligations {
     init(withheld: Set<String>) {
         self.init()
-        self.withheldFields = Array(withheld)
+        let paths = FieldPaths(withheld)
+        withheldIDs = paths.ids
+        withheldUnknown = paths.unknown
+    }
+
+    init(withheld paths: FieldPaths) {
+        self.init()
+        withheldIDs = paths.ids
+        withheldUnknown = paths.unknown
     }
 }
 

@@ -13,7 +13,7 @@ public let partnerKinds: Set<String> = [
 public let officerRoles: Set<String> = ["privacy_officer", "information_manager"]
 
 /// A partner organisation, identified by the OIN in its certificate.
-public struct Partner: Sendable, Hashable, Identifiable {
+public final class Partner: Sendable, Hashable, Identifiable {
     public let id: String
     public let name: String
     public let kind: String
@@ -34,6 +34,12 @@ public struct Partner: Sendable, Hashable, Identifiable {
         self.certificateFingerprints = certificateFingerprints
         self.deliveryEndpoint = deliveryEndpoint
     }
+
+    public static func == (a: Partner, b: Partner) -> Bool {
+        a.id == b.id && a.name == b.name && a.kind == b.kind && a.oin == b.oin && a.certificateFingerprints == b.certificateFingerprints
+            && a.deliveryEndpoint == b.deliveryEndpoint
+    }
+    public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }
 
 /// A privacy officer or information manager, identified by the subject serialNumber of an

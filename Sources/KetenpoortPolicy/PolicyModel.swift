@@ -78,6 +78,16 @@ public struct GroundRule: Sendable {
     public let article: String?
     /// Safety exception: meldcode steps must be recorded (Wmo 5.2.6 reports).
     public let requiresMeldcode: Bool
+    /// `release`, numbered.
+    let releaseBits: FieldBits
+
+    public init(ground: String, release: Set<String>, article: String?, requiresMeldcode: Bool) {
+        self.ground = ground
+        self.release = release
+        self.article = article
+        self.requiresMeldcode = requiresMeldcode
+        self.releaseBits = FieldCatalogue.shared.bits(of: release)
+    }
 
     public func releases(_ path: String) -> Bool {
         if release.contains(path) { return true }
