@@ -147,7 +147,7 @@ extension PolicySet {
         let paths = request.paths
 
         // Permit: the first route that matches and whose ground holds.
-        var permit: (route: Route, obligations: Obligations)? = nil
+        var permit: Obligations? = nil
         var failedRoutes: [RuleTrace] = []
         let candidates = table.candidateRoutes(from: sender, to: recipient, purpose: request.purpose)
         for index in candidates {
@@ -157,7 +157,7 @@ extension PolicySet {
                 if explain {
                     trace.append(RuleTrace(kind: .route, id: route.id, label: route.label, matched: true, reason: "ground `\(request.basis.ground)` holds; releases \(obligations.releasedIDs.count) field(s)"))
                 }
-                if permit == nil { permit = (route, obligations) }
+                if permit == nil { permit = obligations }
             case .failure(let why):
                 let entry = RuleTrace(kind: .route, id: route.id, label: route.label, matched: false, reason: why.reason)
                 failedRoutes.append(entry)
@@ -173,7 +173,7 @@ extension PolicySet {
         // Forbids: they override any permit; with `explain` every one is listed.
         let releasedBits: FieldBits
         if let permit {
-            releasedBits = permit.obligations.releasedBits
+            releasedBits = permit.releasedBits
         } else {
             var bits = FieldBits()
             for id in paths.ids { bits.insert(id) }
@@ -181,7 +181,7 @@ extension PolicySet {
         }
         let context = ForbidContext(table: table, sender: sender, recipient: recipient, route: permit?.route, released: releasedBits, registry: registry)
         var forbidding: [String] = []
-        for rule in forbidsByTable[table.id] ?? regionForbids {
+        for rule in table.effectiveForbids {
             let matched = context.matches(rule, request)
             if matched { forbidding.append(rule.id) }
             if explain || matched {
@@ -195,7 +195,7 @@ extension PolicySet {
             if !explain { trace.append(contentsOf: failedRoutes.filter { $0.id != "no-route" }) }
             return Decision(effect: .deny, rules: failedRoutes.map(\.id), obligations: Obligations(withheld: paths), trace: trace, policyVersion: version)
         }
-        return Decision(permitting: permit.obligations, trace: trace, policyVersion: version)
+        return Decision(permitting: permit, trace: trace, policyVersion: version)
     }
 
     struct RouteFailure: Error { let reason: String }
@@ -293,17 +293,21 @@ extension PolicySet {
         let date = request.facts.date
         let requestedBits = request.paths.categoryBits
         let recipientKind = "kind:" + recipient.kind
-        var valid: [ConsentFact] = []
+        let consents = request.facts.consents
+        var validIndices: [Int] = []
+        validIndices.reserveCapacity(ids.count)
         for id in ids {
-            guard let c = request.facts.consents.first(where: { $0.id == id }) else {
+            guard let index = consents.firstIndex(where: { $0.id == id }) else {
                 return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
             }
+            let c = consents[index]
             if !c.withdrawn && (c.validFrom.map { $0 <= date } ?? true) && (c.validUntil.map { $0 >= date } ?? true)
                 && c.purposes.contains(request.purpose) && (c.recipients.contains(recipient.id) || c.recipients.contains(recipientKind))
             {
-                valid.append(c)
+                validIndices.append(index)
             }
         }
+        let valid = validIndices.lazy.map { consents[$0] }
         guard !request.subjects.isEmpty else { return .failure(RouteFailure(reason: "a consent basis needs the subjects the data is about")) }
         var covered = requestedBits
         for subject in request.subjects {

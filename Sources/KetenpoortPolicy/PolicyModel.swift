@@ -227,13 +227,16 @@ public final class CaseTable: Sendable {
     let routeIndex: [RouteKey: [Int]]
     /// purpose → sender partner id → recipient partner id → route indices (kinds expanded to
     /// the registry's partners when the set is built): three lookups per decision.
-    let expandedIndex: [String: [String: [String: [Int]]]]
+    let expandedIndex: [String: [ObjectIdentifier: [ObjectIdentifier: [Int]]]]
+    /// This table's forbids followed by the region's (set when the policy set is built).
+    let effectiveForbids: [ForbidRule]
 
     init(
         id: String, name: String, kind: String, controllers: [String], jointControllers: Bool, contactPoint: String,
         members: [Membership], purposes: [String: String], purposeOrder: [String], routes: [Route], forbids: [ForbidRule], file: String,
-        routeIndex: [RouteKey: [Int]], registry: PartnerRegistry? = nil
+        routeIndex: [RouteKey: [Int]], registry: PartnerRegistry? = nil, regionForbids: [ForbidRule] = []
     ) {
+        self.effectiveForbids = forbids + regionForbids
         self.id = id
         self.name = name
         self.kind = kind
@@ -247,7 +250,7 @@ public final class CaseTable: Sendable {
         self.forbids = forbids
         self.file = file
         self.routeIndex = routeIndex
-        var expanded: [String: [String: [String: [Int]]]] = [:]
+        var expanded: [String: [ObjectIdentifier: [ObjectIdentifier: [Int]]]] = [:]
         if let registry {
             for (i, route) in routes.enumerated() {
                 let senders = registry.partners.filter { p in route.from.contains { $0.matches(p) } }
@@ -255,7 +258,7 @@ public final class CaseTable: Sendable {
                 for purpose in route.purposes {
                     for sender in senders {
                         for recipient in recipients {
-                            expanded[purpose, default: [:]][sender.id, default: [:]][recipient.id, default: []].append(i)
+                            expanded[purpose, default: [:]][ObjectIdentifier(sender), default: [:]][ObjectIdentifier(recipient), default: []].append(i)
                         }
                     }
                 }
@@ -271,7 +274,8 @@ public final class CaseTable: Sendable {
     /// The candidate routes for a sender, recipient and purpose: four dictionary lookups.
     func candidateRoutes(from sender: Partner, to recipient: Partner, purpose: String) -> [Int] {
         if !expandedIndex.isEmpty {
-            return expandedIndex[purpose]?[sender.id]?[recipient.id] ?? []
+            // The registry's own Partner objects: keyed by identity, no string hashing.
+            return expandedIndex[purpose]?[ObjectIdentifier(sender)]?[ObjectIdentifier(recipient)] ?? []
         }
         var result: [Int] = []
         for fromKey in [PartyRef.partner(sender.id), PartyRef.kind(sender.kind)] {
@@ -297,15 +301,18 @@ public struct PolicySet: Sendable {
     public let tables: [String: CaseTable]
     public let regionForbids: [ForbidRule]
 
-    /// Per table: its own forbids followed by the region's, concatenated once.
-    let forbidsByTable: [String: [ForbidRule]]
-
+    /// Builds the set. Route indexes are keyed by the registry's own partner objects, so the
+    /// tables are re-indexed here with `registry` and given the region's forbids.
     public init(version: String, registry: PartnerRegistry, tables: [String: CaseTable], regionForbids: [ForbidRule]) {
         self.version = version
         self.registry = registry
-        self.tables = tables
         self.regionForbids = regionForbids
-        self.forbidsByTable = tables.mapValues { $0.forbids + regionForbids }
+        self.tables = tables.mapValues { t in
+            CaseTable(
+                id: t.id, name: t.name, kind: t.kind, controllers: t.controllers, jointControllers: t.jointControllers,
+                contactPoint: t.contactPoint, members: t.members, purposes: t.purposes, purposeOrder: t.purposeOrder, routes: t.routes,
+                forbids: t.forbids, file: t.file, routeIndex: t.routeIndex, registry: registry, regionForbids: regionForbids)
+        }
     }
 }
 
