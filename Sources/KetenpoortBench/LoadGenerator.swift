@@ -354,21 +354,9 @@ public enum LoadGenerator {
                 let done = loop.makePromise(of: Void.self)
                 let offset: TimeAmount = options.rate.map { .nanoseconds(Int64(Double(index) / max($0, 0.001) * 1e9)) } ?? .zero
                 let firstStart = start + offset
-                let connect = ClientBootstrap(group: loop)
-                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .connectTimeout(.seconds(10))
-                    .channelInitializer { channel in
-                        do {
-                            let sync = channel.pipeline.syncOperations
-                            try sync.addHandler(OpenSSLHandler(context: tls, serverHostname: options.host))
-                            try sync.addHTTPClientHandlers()
-                            try sync.addHandler(KeepAliveHandler(run: run, request: request, interval: interval, firstStart: firstStart, done: done))
-                            return channel.eventLoop.makeSucceededVoidFuture()
-                        } catch {
-                            return channel.eventLoop.makeFailedFuture(error)
-                        }
-                    }
-                    .connect(host: options.host, port: options.port)
+                let connect = connection(on: loop, tls: tls, options: options, sessions: nil) {
+                    KeepAliveHandler(run: run, request: request, interval: interval, firstStart: firstStart, done: done)
+                }
                 connect.whenFailure { error in
                     run.merge(histogram: Histogram(highestTrackableValue: 120_000_000), errors: [kind(of: error): 1], completed: 0)
                     done.succeed(())
@@ -404,21 +392,9 @@ public enum LoadGenerator {
             let loop = group.next()
             let result = loop.makePromise(of: UInt.self)
             let started = NIODeadline.now()
-            let connect = ClientBootstrap(group: loop)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connectTimeout(.seconds(10))
-                .channelInitializer { channel in
-                    do {
-                        let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(OpenSSLHandler(context: tls, serverHostname: options.host, sessionCache: sessions))
-                        try sync.addHTTPClientHandlers()
-                        try sync.addHandler(OneShotHandler(request: request, result: result))
-                        return channel.eventLoop.makeSucceededVoidFuture()
-                    } catch {
-                        return channel.eventLoop.makeFailedFuture(error)
-                    }
-                }
-                .connect(host: options.host, port: options.port)
+            let connect = connection(on: loop, tls: tls, options: options, sessions: sessions) {
+                OneShotHandler(request: request, result: result)
+            }
             connect.whenFailure { result.fail($0) }
             do {
                 let status = try await result.futureResult.get()
@@ -434,6 +410,29 @@ public enum LoadGenerator {
             if let channel = try? await connect.get() { try? await channel.closeFuture.get() }
         }
         run.merge(histogram: histogram, errors: errors, completed: completed)
+    }
+
+    /// Connects one client channel: TLS (the project's OpenSSL handler), HTTP/1.1 client codec,
+    /// then the handler that drives it.
+    static func connection(
+        on loop: EventLoop, tls: TLSContext, options: LoadOptions, sessions: TLSClientSessionCache?,
+        driver: @escaping @Sendable () -> some ChannelInboundHandler
+    ) -> EventLoopFuture<Channel> {
+        ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                do {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(OpenSSLHandler(context: tls, serverHostname: options.host, sessionCache: sessions))
+                    try sync.addHTTPClientHandlers()
+                    try sync.addHandler(driver())
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .connect(host: options.host, port: options.port)
     }
 
     /// A short, closed label for an error.

@@ -21,7 +21,7 @@ public enum PolicyBenchmark {
             tables[id] = CaseTable(
                 id: id, name: t.name, kind: t.kind, controllers: t.controllers, jointControllers: t.jointControllers,
                 contactPoint: t.contactPoint, members: t.members, purposes: t.purposes, purposeOrder: t.purposeOrder, routes: t.routes,
-                forbids: t.forbids, file: t.file, routeIndex: t.routeIndex)
+                forbids: t.forbids, file: t.file, registry: base.registry)
         }
         return PolicySet(version: base.version, registry: base.registry, tables: tables, regionForbids: base.regionForbids)
     }

@@ -303,28 +303,10 @@ final class PolicyFileReader {
         }
 
         let forbids = readForbids(map["forbid"], seen: &forbidIDs)
-        var index: [RouteKey: [Int]] = [:]
-        for (i, route) in routes.enumerated() {
-            for from in route.from {
-                for to in route.to {
-                    for purpose in route.purposes {
-                        let key = RouteKey(from: from, to: to, purpose: purpose)
-                        index[key, default: []].append(i)
-                    }
-                }
-            }
-        }
         return CaseTable(
             id: id, name: name, kind: kind, controllers: controllers, jointControllers: joint, contactPoint: contactPoint,
             members: members, purposes: purposes, purposeOrder: purposeOrder, routes: routes, forbids: forbids, file: file,
-            routeIndex: index, registry: registry)
-    }
-
-    static func key(_ ref: PartyRef) -> String {
-        switch ref {
-        case .partner(let id): return "id:" + id
-        case .kind(let kind): return "kind:" + kind
-        }
+            registry: registry)
     }
 
     /// Whether two references can denote the same partner.

@@ -223,8 +223,6 @@ public final class CaseTable: Sendable {
     public let routes: [Route]
     public let forbids: [ForbidRule]
     public let file: String
-    /// (from, to, purpose) → indices into `routes`; from/to keyed as `id:X` or `kind:Y`.
-    let routeIndex: [RouteKey: [Int]]
     /// purpose → sender partner id → recipient partner id → route indices (kinds expanded to
     /// the registry's partners when the set is built): three lookups per decision.
     let expandedIndex: [String: [ObjectIdentifier: [ObjectIdentifier: [Int]]]]
@@ -234,7 +232,7 @@ public final class CaseTable: Sendable {
     init(
         id: String, name: String, kind: String, controllers: [String], jointControllers: Bool, contactPoint: String,
         members: [Membership], purposes: [String: String], purposeOrder: [String], routes: [Route], forbids: [ForbidRule], file: String,
-        routeIndex: [RouteKey: [Int]], registry: PartnerRegistry? = nil, regionForbids: [ForbidRule] = []
+        registry: PartnerRegistry, regionForbids: [ForbidRule] = []
     ) {
         self.effectiveForbids = forbids + regionForbids
         self.id = id
@@ -249,9 +247,8 @@ public final class CaseTable: Sendable {
         self.routes = routes
         self.forbids = forbids
         self.file = file
-        self.routeIndex = routeIndex
         var expanded: [String: [ObjectIdentifier: [ObjectIdentifier: [Int]]]] = [:]
-        if let registry {
+        do {
             for (i, route) in routes.enumerated() {
                 let senders = registry.partners.filter { p in route.from.contains { $0.matches(p) } }
                 let recipients = registry.partners.filter { p in route.to.contains { $0.matches(p) } }
@@ -273,25 +270,10 @@ public final class CaseTable: Sendable {
 
     /// The candidate routes for a sender, recipient and purpose: four dictionary lookups.
     func candidateRoutes(from sender: Partner, to recipient: Partner, purpose: String) -> [Int] {
-        if !expandedIndex.isEmpty {
-            // The registry's own Partner objects: keyed by identity, no string hashing.
-            return expandedIndex[purpose]?[ObjectIdentifier(sender)]?[ObjectIdentifier(recipient)] ?? []
-        }
-        var result: [Int] = []
-        for fromKey in [PartyRef.partner(sender.id), PartyRef.kind(sender.kind)] {
-            for toKey in [PartyRef.partner(recipient.id), PartyRef.kind(recipient.kind)] {
-                if let found = routeIndex[RouteKey(from: fromKey, to: toKey, purpose: purpose)] { result.append(contentsOf: found) }
-            }
-        }
-        if result.count > 1 { result = Array(Set(result)).sorted() }
-        return result
+        // Keyed by the registry's own Partner objects (the set re-indexes its tables with its
+        // registry): no string hashing.
+        expandedIndex[purpose]?[ObjectIdentifier(sender)]?[ObjectIdentifier(recipient)] ?? []
     }
-}
-
-struct RouteKey: Hashable, Sendable {
-    let from: PartyRef
-    let to: PartyRef
-    let purpose: String
 }
 
 /// A compiled, immutable set of policies. `version` is a content hash of the files.
@@ -311,29 +293,18 @@ public struct PolicySet: Sendable {
             CaseTable(
                 id: t.id, name: t.name, kind: t.kind, controllers: t.controllers, jointControllers: t.jointControllers,
                 contactPoint: t.contactPoint, members: t.members, purposes: t.purposes, purposeOrder: t.purposeOrder, routes: t.routes,
-                forbids: t.forbids, file: t.file, routeIndex: t.routeIndex, registry: registry, regionForbids: regionForbids)
+                forbids: t.forbids, file: t.file, registry: registry, regionForbids: regionForbids)
         }
     }
 }
 
 extension CaseTable {
     /// The same table without one route (index rebuilt): for "what does removing it change".
-    public func removingRoute(_ routeID: String, registry registryForIndex: PartnerRegistry? = nil) -> CaseTable {
-        let kept = routes.filter { $0.id != routeID }
-        var index: [RouteKey: [Int]] = [:]
-        for (i, route) in kept.enumerated() {
-            for from in route.from {
-                for to in route.to {
-                    for purpose in route.purposes {
-                        index[RouteKey(from: from, to: to, purpose: purpose), default: []].append(i)
-                    }
-                }
-            }
-        }
-        return CaseTable(
+    public func removingRoute(_ routeID: String, registry: PartnerRegistry) -> CaseTable {
+        CaseTable(
             id: id, name: name, kind: kind, controllers: controllers, jointControllers: jointControllers, contactPoint: contactPoint,
-            members: members, purposes: purposes, purposeOrder: purposeOrder, routes: kept, forbids: forbids, file: file, routeIndex: index,
-            registry: registryForIndex)
+            members: members, purposes: purposes, purposeOrder: purposeOrder, routes: routes.filter { $0.id != routeID }, forbids: forbids,
+            file: file, registry: registry)
     }
 }
 
