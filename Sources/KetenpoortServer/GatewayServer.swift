@@ -122,12 +122,16 @@ public final class GatewayServer: Sendable {
                 }
                 do {
                     let metrics = self.metrics
+                    let logger = self.logger
                     let clock = ConnectionClock(limits: limits, metrics: metrics)
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(
                         OpenSSLHandler(
                             context: self.tls.context, handshakeTimeout: handshakeTimeout,
-                            onHandshakeFailure: { reason in metrics.handshakeFailed(reason) }))
+                            onHandshakeFailure: { reason in
+                                metrics.handshakeFailed(reason)
+                                logger.debug("tls handshake refused", metadata: ["tls.failure": "\(reason.rawValue)"])
+                            }))
                     try sync.addHandler(ByteActivityHandler(clock: clock))
                     // Only the request decoder: GatewayHTTPHandler writes whole responses itself (one
                     // buffer, one TLS record), handles pipelining and answers parse errors.

@@ -200,7 +200,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
-        guard let ssl, state != .closed else { return }
+        guard ssl != nil, state != .closed else { return }
         buffer.withUnsafeReadableBytes { bytes in
             var offset = 0
             while offset < bytes.count {
@@ -210,7 +210,6 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         }
         buffer.moveReaderIndex(to: buffer.writerIndex)
-        _ = ssl
         switch state {
         case .handshaking:
             doHandshake(context: context)
