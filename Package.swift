@@ -54,6 +54,9 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // Storage over the system SQLite (the embedded default). The audit log builds on it.
+        .target(name: "KetenpoortStore", dependencies: ["CSQLite", "KetenpoortCore"], swiftSettings: strict),
+
         // Development PKI (PKIoverheid-shaped) generated through OpenSSL.
         .target(
             name: "KetenpoortPKI",
@@ -124,6 +127,7 @@ let package = Package(
         ),
         .testTarget(name: "KetenpoortCryptoTests", dependencies: ["KetenpoortCrypto", "KetenpoortCore"]),
         .testTarget(name: "KetenpoortPKITests", dependencies: ["KetenpoortPKI", "KetenpoortCore"]),
+        .testTarget(name: "KetenpoortStoreTests", dependencies: ["KetenpoortStore", "KetenpoortCore"]),
         .testTarget(
             name: "KetenpoortIntegrationTests",
             dependencies: [

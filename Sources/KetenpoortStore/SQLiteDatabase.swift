@@ -1,0 +1,147 @@
+import CSQLite
+import KetenpoortCore
+
+/// A connection to a SQLite database through the system libsqlite3.
+///
+/// One connection is used by one thread at a time (the caller serialises; the audit log keeps a
+/// single writer). Bound values never reach error messages or logs: errors name the statement's
+/// purpose and SQLite's message, never the data (compare GRDB's `publicStatementArguments`).
+public final class SQLiteDatabase {
+    public enum Synchronous: String, Sendable { case off = "OFF", normal = "NORMAL", full = "FULL" }
+
+    let handle: OpaquePointer
+    public let path: String
+
+    /// Opens (or creates) the database, in WAL mode with the given durability.
+    public init(path: String, synchronous: Synchronous = .full, readOnly: Bool = false) throws {
+        var db: OpaquePointer?
+        let flags = readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)
+        let rc = sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            if let db { sqlite3_close_v2(db) }
+            throw KetenpoortError(.fileUnreadable, "database `\(path)` cannot be opened: \(message)")
+        }
+        handle = db
+        self.path = path
+        sqlite3_extended_result_codes(db, 1)
+        sqlite3_busy_timeout(db, 5_000)
+        if !readOnly {
+            try execute("PRAGMA journal_mode=WAL")
+            try execute("PRAGMA synchronous=\(synchronous.rawValue)")
+        }
+        try execute("PRAGMA foreign_keys=ON")
+    }
+
+    deinit {
+        sqlite3_close_v2(handle)
+    }
+
+    /// Runs one or more statements without parameters.
+    public func execute(_ sql: String) throws {
+        var message: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(handle, sql, nil, nil, &message)
+        if rc != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errmsg(handle))
+            sqlite3_free(message)
+            throw SQLiteDatabase.error(rc, text)
+        }
+    }
+
+    /// Prepares a statement.
+    public func prepare(_ sql: String) throws -> SQLiteStatement {
+        var statement: OpaquePointer?
+        let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
+        guard rc == SQLITE_OK, let statement else {
+            throw SQLiteDatabase.error(rc, String(cString: sqlite3_errmsg(handle)))
+        }
+        return SQLiteStatement(statement: statement, database: self)
+    }
+
+    /// Runs `body` in a transaction (`BEGIN IMMEDIATE`): committed when it returns, rolled back
+    /// when it throws.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    static func error(_ rc: Int32, _ message: String) -> KetenpoortError {
+        let primary = rc & 0xff
+        let code: KetenpoortError.Code
+        switch primary {
+        case SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM: code = .storageUnavailable
+        case SQLITE_CORRUPT, SQLITE_NOTADB: code = .storageCorrupt
+        case SQLITE_CONSTRAINT: code = .storageConstraint
+        default: code = .storage
+        }
+        return KetenpoortError(code, "sqlite error \(rc): \(message)")
+    }
+}
+
+/// A prepared statement. Bind by 1-based index, step, read columns.
+public final class SQLiteStatement {
+    let statement: OpaquePointer
+    unowned let database: SQLiteDatabase
+
+    init(statement: OpaquePointer, database: SQLiteDatabase) {
+        self.statement = statement
+        self.database = database
+    }
+
+    deinit { sqlite3_finalize(statement) }
+
+    public func reset() {
+        sqlite3_reset(statement)
+        sqlite3_clear_bindings(statement)
+    }
+
+    public func bind(_ index: Int32, _ value: Int64) { sqlite3_bind_int64(statement, index, value) }
+    public func bind(_ index: Int32, _ value: String?) {
+        guard let value else { sqlite3_bind_null(statement, index); return }
+        sqlite3_bind_text(statement, index, value, -1, kp_sqlite_transient())
+    }
+    public func bind(_ index: Int32, _ value: [UInt8]?) {
+        guard let value else { sqlite3_bind_null(statement, index); return }
+        _ = value.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), kp_sqlite_transient()) }
+    }
+
+    /// Steps once: `true` when a row is available, `false` when done.
+    @discardableResult
+    public func step() throws -> Bool {
+        let rc = sqlite3_step(statement)
+        switch rc {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        default: throw SQLiteDatabase.error(rc, String(cString: sqlite3_errmsg(database.handle)))
+        }
+    }
+
+    public func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+    public func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
+    public func string(_ column: Int32) -> String? {
+        guard let text = sqlite3_column_text(statement, column) else { return nil }
+        return String(cString: text)
+    }
+    public func blob(_ column: Int32) -> [UInt8]? {
+        let count = Int(sqlite3_column_bytes(statement, column))
+        guard let pointer = sqlite3_column_blob(statement, column) else { return isNull(column) ? nil : [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+}
+
+extension KetenpoortError.Code {
+    /// The store cannot be written (disk full, I/O error, read-only): requests must be refused.
+    public static let storageUnavailable = KetenpoortError.Code("storage_unavailable")
+    public static let storageCorrupt = KetenpoortError.Code("storage_corrupt")
+    public static let storageConstraint = KetenpoortError.Code("storage_constraint")
+    public static let storage = KetenpoortError.Code("storage")
+}
