@@ -57,6 +57,9 @@ let package = Package(
         // Storage over the system SQLite (the embedded default). The audit log builds on it.
         .target(name: "KetenpoortStore", dependencies: ["CSQLite", "KetenpoortCore"], swiftSettings: strict),
 
+        // The tamper-evident audit log: hash chain and RFC 9162 Merkle tree over the store.
+        .target(name: "KetenpoortAudit", dependencies: ["KetenpoortStore", "KetenpoortCrypto", "KetenpoortCore"], swiftSettings: strict),
+
         // Development PKI (PKIoverheid-shaped) generated through OpenSSL.
         .target(
             name: "KetenpoortPKI",
@@ -111,7 +114,7 @@ let package = Package(
             name: "ketenpoort",
             dependencies: [
                 "KetenpoortCore", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortPKI",
-                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench",
+                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench", "KetenpoortAudit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -128,11 +131,12 @@ let package = Package(
         .testTarget(name: "KetenpoortCryptoTests", dependencies: ["KetenpoortCrypto", "KetenpoortCore"]),
         .testTarget(name: "KetenpoortPKITests", dependencies: ["KetenpoortPKI", "KetenpoortCore"]),
         .testTarget(name: "KetenpoortStoreTests", dependencies: ["KetenpoortStore", "KetenpoortCore"]),
+        .testTarget(name: "KetenpoortAuditTests", dependencies: ["KetenpoortAudit", "KetenpoortStore", "KetenpoortCrypto", "KetenpoortCore"]),
         .testTarget(
             name: "KetenpoortIntegrationTests",
             dependencies: [
                 "KetenpoortCore", "KetenpoortTLS", "KetenpoortPKI", "KetenpoortServer", "KetenpoortBench", "KetenpoortPolicy",
-                "KetenpoortCrypto",
+                "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -1,4 +1,6 @@
 import Foundation
+import KetenpoortAudit
+import KetenpoortStore
 import Testing
 
 /// The `ketenpoort` binary's commands, run as a user would.
@@ -66,5 +68,26 @@ struct CLITests {
         let r = try ketenpoort(["pki", "init", dir, "--partners", packageRoot + "/Policies/partners.yaml"])
         #expect(r.status == 2)
         #expect(r.stderr.contains("--force"))
+    }
+}
+
+@Suite("log verify")
+struct LogVerifyCLITests {
+    @Test("a clean log verifies (exit 0); an edited entry is named (exit 1)")
+    func verify() async throws {
+        let path = temporaryDirectory() + "/ketenpoort.db"
+        let log = try AuditLog(path: path)
+        for i in 0..<40 {
+            _ = try await log.append(AuditRecord(kind: "exchange_denied", members: [("exchangeId", .string("ex-\(i)")), ("rules", ["closed-case"])]))
+        }
+        log.close()
+        let clean = try ketenpoort(["log", "verify", "--db", path])
+        #expect(clean.status == 0)
+        #expect(clean.stdout.contains("40 entries verified; tree head "))
+        try SQLiteDatabase(path: path).execute("UPDATE audit_entries SET body = replace(body, 'closed-case', 'no-route') WHERE sequence = 12")
+        let tampered = try ketenpoort(["log", "verify", "--db", path])
+        #expect(tampered.status == 1)
+        #expect(tampered.stdout.contains("failed at entry 12"))
+        #expect(try ketenpoort(["log", "verify", "--db", "/nonexistent.db"]).status == 2)
     }
 }

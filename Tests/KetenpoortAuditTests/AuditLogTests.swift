@@ -1,0 +1,115 @@
+import Foundation
+import KetenpoortCore
+import KetenpoortStore
+import Testing
+
+@testable import KetenpoortAudit
+
+@Suite("Audit log: hash chain, group commit, tamper detection")
+struct AuditLogTests {
+    func temporaryPath() -> String { NSTemporaryDirectory() + "audit-\(UUID().uuidString.prefix(8)).db" }
+
+    func record(_ i: Int) -> AuditRecord {
+        AuditRecord(kind: "exchange_permitted", members: [
+            ("exchangeId", .string("ex-\(i)")), ("caseTable", "mda-zhz"), ("sender", "wijkteam-dordrecht"),
+            ("recipient", "veilig-thuis-zhz"), ("purpose", "safety-assessment"), ("subjects", ["ps1.k1.AxFGaT_q4y_IypHDhZximyN49HuimvZIBV4PnlWwnAk"]),
+        ])
+    }
+
+    /// A log with `count` entries appended by 64 concurrent writers.
+    func filledLog(_ count: Int) async throws -> String {
+        let path = temporaryPath()
+        let log = try AuditLog(path: path)
+        let sequences = try await withThrowingTaskGroup(of: Int64.self) { group in
+            for i in 0..<count { group.addTask { try await log.append(self.record(i)) } }
+            var all: [Int64] = []
+            for try await s in group { all.append(s) }
+            return all
+        }
+        #expect(Set(sequences) == Set(1...Int64(count)))
+        log.close()
+        return path
+    }
+
+    @Test("concurrent appends are numbered without gaps and the chain verifies")
+    func appendAndVerify() async throws {
+        let path = try await filledLog(300)
+        let report = try AuditVerifier.verify(path: path)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.entries == 300)
+        #expect(report.treeHead.count == 32)
+        // Reopening continues the chain.
+        let log = try AuditLog(path: path)
+        #expect(try await log.append(record(300)) == 301)
+        log.close()
+        #expect(try AuditVerifier.verify(path: path).isValid)
+    }
+
+    func tamper(_ path: String, _ sql: String) throws {
+        let db = try SQLiteDatabase(path: path)
+        try db.execute(sql)
+    }
+
+    @Test(
+        "raw SQL tampering is detected at the first bad entry",
+        arguments: [
+            ("UPDATE audit_entries SET body = replace(body, 'veilig-thuis-zhz', 'politie-zhz') WHERE sequence = 17", 17),
+            ("DELETE FROM audit_entries WHERE sequence = 23", 23),
+            ("UPDATE audit_entries SET body = (SELECT body FROM audit_entries WHERE sequence = 31), leaf_hash = (SELECT leaf_hash FROM audit_entries WHERE sequence = 31) WHERE sequence = 30", 30),
+            ("UPDATE audit_entries SET chain_hash = zeroblob(32) WHERE sequence = 5", 5),
+        ])
+    func tampering(sql: String, firstBad: Int64) async throws {
+        let path = try await filledLog(50)
+        try tamper(path, sql)
+        let report = try AuditVerifier.verify(path: path)
+        #expect(!report.isValid)
+        #expect(report.firstBadEntry == firstBad, "\(report.problem ?? "")")
+    }
+
+    @Test("a rewritten entry with recomputed hashes still breaks the chain after it")
+    func recomputedHashes() async throws {
+        let path = try await filledLog(20)
+        let db = try SQLiteDatabase(path: path)
+        let read = try db.prepare("SELECT body FROM audit_entries WHERE sequence = 10")
+        #expect(try read.step())
+        let forged = read.string(0)!.replacingOccurrences(of: "safety-assessment", with: "handover")
+        let update = try db.prepare("UPDATE audit_entries SET body = ?, leaf_hash = ? WHERE sequence = 10")
+        update.bind(1, forged)
+        update.bind(2, MerkleTree.leafHash(Array(forged.utf8)))
+        try update.step()
+        let report = try AuditVerifier.verify(path: path)
+        #expect(report.firstBadEntry == 10)
+    }
+
+    @Test("bytes flipped in the database file: reported as tampering or corruption, never a clean pass")
+    func flippedBytes() async throws {
+        let path = try await filledLog(200)
+        // Checkpoint the WAL into the main file so the entries live there.
+        try SQLiteDatabase(path: path).execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        var flipped = 0
+        for offset in stride(from: 4096 + 500, to: data.count, by: 4096) {
+            data[offset] ^= 0x5a
+            flipped += 1
+        }
+        #expect(flipped > 0)
+        try data.write(to: URL(fileURLWithPath: path))
+        let report = try? AuditVerifier.verify(path: path)
+        #expect(report == nil || report!.isValid == false)
+    }
+
+    @Test("an unwritable log fails every waiting append (fail closed)")
+    func unwritable() async throws {
+        let path = temporaryPath()
+        let log = try AuditLog(path: path)
+        #expect(try await log.append(record(0)) == 1)
+        // Simulate a full disk for a second writer: no page may be added any more.
+        let other = try AuditLog(path: path)
+        try other.fillToLimitForTest()
+        await #expect(throws: KetenpoortError(.auditUnavailable, "")) {
+            for i in 0..<200 { _ = try await other.append(self.record(i)) }
+        }
+        other.close()
+        log.close()
+    }
+}
