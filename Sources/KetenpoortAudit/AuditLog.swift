@@ -4,6 +4,10 @@ import KetenpoortCrypto
 import KetenpoortStore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What one audit entry says, before the log gives it a sequence number and a time. Members
 /// must never hold personal data in clear: subjects as log-domain pseudonyms, free text only
 /// encrypted (as its hash here).
@@ -176,16 +180,50 @@ public enum AuditVerifier {
         public var isValid: Bool { firstBadEntry == nil && problem == nil }
     }
 
+    static let sequenceKey = Array("\"sequence\":".utf8)
+
+    /// Whether a canonical entry carries `"sequence":N` for this N.
+    static func carries(sequence: Int64, _ body: UnsafeRawBufferPointer) -> Bool {
+        let keyCount = sequenceKey.count
+        guard body.count > keyCount else { return false }
+        var start = -1
+        sequenceKey.withUnsafeBytes { key in
+            let first = key[0]
+            var i = 0
+            while i <= body.count - keyCount {
+                if body[i] == first && memcmp(body.baseAddress! + i, key.baseAddress!, keyCount) == 0 {
+                    start = i
+                    return
+                }
+                i += 1
+            }
+        }
+        guard start >= 0 else { return false }
+        var offset = start + keyCount
+        var value: Int64 = 0
+        var digits = 0
+        while offset < body.count, body[offset] >= 48, body[offset] <= 57, digits < 19 {
+            value = value * 10 + Int64(body[offset] - 48)
+            offset += 1
+            digits += 1
+        }
+        return digits > 0 && value == sequence
+    }
+
     public static func verify(path: String) throws -> Report {
         guard FileManager.default.fileExists(atPath: path) else {
             throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist")
         }
         let db = try SQLiteDatabase(path: path, readOnly: true)
+        let hasher = SHA256Hasher()
         var leaves: [[UInt8]] = []
         var chain = [UInt8](repeating: 0, count: 32)
+        var leaf = [UInt8](repeating: 0, count: 32)
+        var next = [UInt8](repeating: 0, count: 32)
         var expected: Int64 = 1
+        let leafPrefix: [UInt8] = [0x00]
         func bad(_ sequence: Int64, _ why: String) -> Report {
-            Report(entries: Int64(leaves.count), treeHead: MerkleTree.root(leaves), firstBadEntry: sequence, problem: why)
+            Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: sequence, problem: why)
         }
         do {
             let rows = try db.prepare("SELECT sequence, body, leaf_hash, chain_hash FROM audit_entries ORDER BY sequence")
@@ -194,22 +232,27 @@ public enum AuditVerifier {
                 guard sequence == expected else {
                     return bad(expected, sequence > expected ? "entry \(expected) is missing" : "sequence out of order")
                 }
-                guard let body = rows.string(1), let leafStored = rows.blob(2), let chainStored = rows.blob(3) else {
-                    return bad(sequence, "entry \(sequence) is incomplete")
+                // The body must carry its own sequence number: canonical JSON has `"sequence":N`
+                // exactly once (a quote inside a string value is always escaped).
+                let ownSequence = rows.withBytes(1) { body -> Bool in AuditVerifier.carries(sequence: sequence, body) }
+                rows.withBytes(1) { body in
+                    leafPrefix.withUnsafeBytes { prefix in leaf.withUnsafeMutableBufferPointer { hasher.hash(prefix, body, into: $0.baseAddress!) } }
                 }
-                let leaf = MerkleTree.leafHash(Array(body.utf8))
-                guard leaf == leafStored else { return bad(sequence, "entry \(sequence) was changed: its hash does not match its content") }
-                guard let json = try? JSONParser.parse(body), json["sequence"]?.intValue.map(Int64.init) == sequence else {
-                    return bad(sequence, "entry \(sequence) does not carry its own sequence number (moved or swapped)")
+                let leafMatches = rows.withBytes(2) { stored in stored.elementsEqual(leaf) }
+                guard leafMatches else { return bad(sequence, "entry \(sequence) was changed: its hash does not match its content") }
+                guard ownSequence else { return bad(sequence, "entry \(sequence) does not carry its own sequence number (moved or swapped)") }
+                chain.withUnsafeBytes { previous in
+                    leaf.withUnsafeBytes { leafBytes in next.withUnsafeMutableBufferPointer { hasher.hash(previous, leafBytes, into: $0.baseAddress!) } }
                 }
-                chain = Crypto.sha256(chain + leaf)
-                guard chain == chainStored else { return bad(sequence, "entry \(sequence) breaks the hash chain") }
+                swap(&chain, &next)
+                let chainMatches = rows.withBytes(3) { stored in stored.elementsEqual(chain) }
+                guard chainMatches else { return bad(sequence, "entry \(sequence) breaks the hash chain") }
                 leaves.append(leaf)
                 expected += 1
             }
         } catch let error as KetenpoortError {
-            return Report(entries: Int64(leaves.count), treeHead: MerkleTree.root(leaves), firstBadEntry: expected, problem: "the database is unreadable or corrupt: \(error.message)")
+            return Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: expected, problem: "the database is unreadable or corrupt: \(error.message)")
         }
-        return Report(entries: Int64(leaves.count), treeHead: MerkleTree.root(leaves), firstBadEntry: nil, problem: nil)
+        return Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: nil, problem: nil)
     }
 }

@@ -5,6 +5,27 @@ import KetenpoortCrypto
 public enum MerkleTree {
     public static func leafHash(_ data: [UInt8]) -> [UInt8] { Crypto.sha256([0x00] + data) }
     public static func nodeHash(_ left: [UInt8], _ right: [UInt8]) -> [UInt8] { Crypto.sha256([0x01] + left + right) }
+
+    /// MTH over many leaves, bottom-up (no recursion), with one reusable hasher.
+    public static func rootIteratively(_ leaves: [[UInt8]]) -> [UInt8] {
+        guard !leaves.isEmpty else { return emptyRoot }
+        // RFC 9162's split at the largest power of two equals pairing left to right level by
+        // level and carrying an odd last node up unchanged.
+        let hasher = SHA256Hasher()
+        var level = leaves
+        while level.count > 1 {
+            var next: [[UInt8]] = []
+            next.reserveCapacity((level.count + 1) / 2)
+            var i = 0
+            while i + 1 < level.count {
+                next.append(hasher.hash([0x01], level[i], level[i + 1]))
+                i += 2
+            }
+            if i < level.count { next.append(level[i]) }
+            level = next
+        }
+        return level[0]
+    }
     public static let emptyRoot = Crypto.sha256([])
 
     /// MTH(D[n]) over leaf hashes (RFC 9162 §2.1.1).

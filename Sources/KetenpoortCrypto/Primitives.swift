@@ -234,3 +234,39 @@ public struct AESGCM: Sendable {
         return Array(plaintext.prefix(Int(outLength + finalLength)))
     }
 }
+
+/// SHA-256 with one reusable OpenSSL context, for hashing many small messages (log
+/// verification). Not thread-safe: one per thread.
+public final class SHA256Hasher {
+    private let context: OpaquePointer
+    private let md: OpaquePointer?
+
+    public init() {
+        context = EVP_MD_CTX_new()
+        // An explicitly fetched digest: EVP_DigestInit_ex then skips the provider lookup (and
+        // its lock) on every message.
+        md = EVP_MD_fetch(nil, "SHA256", nil)
+    }
+
+    deinit {
+        EVP_MD_CTX_free(context)
+        EVP_MD_free(md)
+    }
+
+    /// SHA-256 over the concatenation of `parts`, written into `out` (32 bytes).
+    public func hash(_ parts: UnsafeRawBufferPointer..., into out: UnsafeMutablePointer<UInt8>) {
+        _ = EVP_DigestInit_ex(context, md, nil)
+        for part in parts where part.count > 0 { _ = EVP_DigestUpdate(context, part.baseAddress, part.count) }
+        var length: UInt32 = 0
+        _ = EVP_DigestFinal_ex(context, out, &length)
+    }
+
+    public func hash(_ parts: [UInt8]...) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        _ = EVP_DigestInit_ex(context, md, nil)
+        for part in parts where !part.isEmpty { part.withUnsafeBytes { _ = EVP_DigestUpdate(context, $0.baseAddress, $0.count) } }
+        var length: UInt32 = 0
+        _ = EVP_DigestFinal_ex(context, &out, &length)
+        return out
+    }
+}

@@ -131,6 +131,13 @@ public final class SQLiteStatement {
         guard let text = sqlite3_column_text(statement, column) else { return nil }
         return String(cString: text)
     }
+    /// The column's bytes without copying them (valid only inside `body`).
+    public func withBytes<T>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        let pointer = sqlite3_column_blob(statement, column)
+        let count = Int(sqlite3_column_bytes(statement, column))
+        return try body(UnsafeRawBufferPointer(start: pointer, count: pointer == nil ? 0 : count))
+    }
+
     public func blob(_ column: Int32) -> [UInt8]? {
         let count = Int(sqlite3_column_bytes(statement, column))
         guard let pointer = sqlite3_column_blob(statement, column) else { return isNull(column) ? nil : [] }

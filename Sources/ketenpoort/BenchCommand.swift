@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KetenpoortBench
+import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortCrypto
 import KetenpoortPolicy
@@ -9,7 +10,7 @@ import NIOHTTP1
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: an HTTPS load generator over mutual TLS (default), and component benchmarks.",
-        subcommands: [BenchHTTP.self, BenchPolicy.self, BenchPseudonym.self], defaultSubcommand: BenchHTTP.self)
+        subcommands: [BenchHTTP.self, BenchPolicy.self, BenchPseudonym.self, BenchLog.self], defaultSubcommand: BenchHTTP.self)
 }
 
 struct BenchHTTP: AsyncParsableCommand {
@@ -126,5 +127,25 @@ struct BenchPseudonym: ParsableCommand {
             print(String(format: "openssl speed -hmac sha256 -bytes 16    %12.0f", raw))
             print(String(format: "ratio                                   %12.3f  (goal >= 0.3)", ours / raw))
         }
+    }
+}
+
+struct BenchLog: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "log",
+        abstract: "Audit log: durable appends with group commit vs synchronous=OFF, same writers and disk; verify rate; fsync latency.")
+    @Option(help: "Directory for the benchmark databases (a temporary one by default).") var dir: String?
+    @Option(help: "Entries per measurement.") var entries: Int = 20_000
+    @Option(help: "Concurrent writers.") var writers: Int = 64
+
+    func run() async throws {
+        let directory = dir ?? NSTemporaryDirectory() + "ketenpoort-bench-log-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let r = try await AuditBenchmark.run(directory: directory, entries: entries, writers: writers)
+        print(String(format: "durable appends/s (WAL, synchronous=FULL, group commit, %d writers)  %10.0f", writers, r.durableAppendsPerSecond))
+        print(String(format: "appends/s with synchronous=OFF (same writers, same disk)              %10.0f", r.unsyncedAppendsPerSecond))
+        print(String(format: "ratio                                                                %10.3f  (goal >= 0.5)", r.durableAppendsPerSecond / r.unsyncedAppendsPerSecond))
+        print(String(format: "log verify entries/s                                                 %10.0f  (goal >= 500000)", r.verifyEntriesPerSecond))
+        print(String(format: "fsync latency (4 KiB write + fsync, median)                          %10.0f us on %@", r.fsyncMedianMicroseconds, r.filesystem))
     }
 }

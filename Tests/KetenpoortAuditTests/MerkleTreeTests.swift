@@ -75,3 +75,14 @@ struct MerkleTreeTests {
         }
     }
 }
+
+@Suite("Merkle tree, iterative")
+struct MerkleIterativeTests {
+    @Test("the bottom-up tree head equals RFC 9162's recursive definition for 0...130 leaves")
+    func equivalence() {
+        let leaves = (0..<130).map { MerkleTree.leafHash([UInt8(truncatingIfNeeded: $0), 7]) }
+        for n in 0...130 {
+            #expect(MerkleTree.rootIteratively(Array(leaves.prefix(n))) == MerkleTree.root(Array(leaves.prefix(n))), "n = \(n)")
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import KetenpoortCore
+import KetenpoortStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ketenpoort bench log`: durable appends with group commit against appends without fsync,
+/// the same writers and disk; the verifier's rate; the disk's fsync latency.
+public enum AuditBenchmark {
+    public struct Result: Sendable {
+        public let durableAppendsPerSecond: Double
+        public let unsyncedAppendsPerSecond: Double
+        public let verifyEntriesPerSecond: Double
+        public let fsyncMedianMicroseconds: Double
+        public let filesystem: String
+    }
+
+    static func record(_ i: Int) -> AuditRecord {
+        AuditRecord(kind: "exchange_permitted", members: [
+            ("exchangeId", .string("ex-\(i)")), ("caseTable", "mda-zhz"), ("sender", "wijkteam-dordrecht"), ("recipient", "veilig-thuis-zhz"),
+            ("purpose", "safety-assessment"), ("basis", ["type": "consent", "consentIds": ["c-1"]]), ("decision", "permit"),
+            ("rules", ["local-team-asks-vt-assessment"]), ("policyVersion", "sha256:2cd392013b2cdaac"),
+            ("released", ["identity.bsn", "identity.name", "concern_signal.summary"]), ("withheld", ["health.diagnosis"]),
+            ("subjects", ["ps1.k1.AxFGaT_q4y_IypHDhZximyN49HuimvZIBV4PnlWwnAk"]),
+        ])
+    }
+
+    /// Appends `entries` records from `writers` concurrent tasks; returns appends per second.
+    public static func appendRate(path: String, synchronous: SQLiteDatabase.Synchronous, entries: Int, writers: Int) async throws -> Double {
+        let log = try AuditLog(path: path, synchronous: synchronous)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for w in 0..<writers {
+                group.addTask {
+                    var i = w
+                    while i < entries {
+                        _ = try await log.append(record(i))
+                        i += writers
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let elapsed = clock.now - start
+        log.close()
+        return Double(entries) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    public static func run(directory: String, entries: Int, writers: Int) async throws -> Result {
+        let durablePath = directory + "/bench-durable.db"
+        let unsyncedPath = directory + "/bench-unsynced.db"
+        for p in [durablePath, unsyncedPath] { for suffix in ["", "-wal", "-shm"] { unlink(p + suffix) } }
+        let unsynced = try await appendRate(path: unsyncedPath, synchronous: .off, entries: entries, writers: writers)
+        let durable = try await appendRate(path: durablePath, synchronous: .full, entries: entries, writers: writers)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let report = try AuditVerifier.verify(path: durablePath)
+        let elapsed = clock.now - start
+        guard report.isValid else { throw KetenpoortError(.storageCorrupt, "the benchmark log does not verify: \(report.problem ?? "")") }
+        let verifyRate = Double(report.entries) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        return Result(
+            durableAppendsPerSecond: durable, unsyncedAppendsPerSecond: unsynced, verifyEntriesPerSecond: verifyRate,
+            fsyncMedianMicroseconds: fsyncLatency(directory: directory), filesystem: filesystem(of: directory))
+    }
+
+    /// Median time of write(4 KiB) + fsync on a file in `directory`.
+    static func fsyncLatency(directory: String, samples: Int = 100) -> Double {
+        let path = directory + "/fsync-probe"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { return -1 }
+        defer { close(fd); unlink(path) }
+        let block = [UInt8](repeating: 0x42, count: 4096)
+        var times: [Double] = []
+        let clock = ContinuousClock()
+        for _ in 0..<samples {
+            let start = clock.now
+            _ = write(fd, block, block.count)
+            _ = fsync(fd)
+            let d = clock.now - start
+            times.append(Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12)
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+
+    /// The filesystem type, as `df -T` reports it.
+    static func filesystem(of directory: String) -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/df")
+        process.arguments = ["-T", directory]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return "unknown" }
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let lines = text.split(separator: "\n")
+        guard lines.count > 1 else { return "unknown" }
+        let fields = lines[1].split(separator: " ")
+        return fields.count > 1 ? String(fields[1]) : "unknown"
+    }
+}
