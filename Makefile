@@ -32,7 +32,7 @@ test: test-deps
 	$(BIN_DEBUG) policy check Policies
 	$(BIN_DEBUG) policy test Policies
 	python3 scripts/check_schema.py
-	$(SWIFT) test --skip-build 2>&1 | tee .build/swift-test-output.txt
+	$(SWIFT) test --skip-build --no-parallel 2>&1 | tee .build/swift-test-output.txt
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 
 ## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).

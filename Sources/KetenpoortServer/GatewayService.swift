@@ -14,12 +14,14 @@ public struct GatewayService: Service {
     }
 
     public func run() async throws {
+        // Trap SIGHUP before announcing readiness: its default action would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let addresses = try await server.start()
         onReady(addresses)
         let server = self.server
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                for await _ in hangups {
                     server.reload()
                 }
             }

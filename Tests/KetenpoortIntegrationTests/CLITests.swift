@@ -116,7 +116,7 @@ struct AuditCrashTests {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             out.fileHandleForReading.readabilityHandler = nil
-            let text = acks.value + String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let text = acks.value + String(decoding: drainWithoutBlocking(out.fileHandleForReading), as: UTF8.self)
             for line in text.split(separator: "\n") where line.hasPrefix("ack ") {
                 if let n = Int64(line.dropFirst(4)), n > highestAck { highestAck = n }
             }

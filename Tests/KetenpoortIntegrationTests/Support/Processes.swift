@@ -36,33 +36,52 @@ func runProcess(_ executable: String, _ arguments: [String], stdin: String? = ni
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input
+    // Collect output as it comes. Reading to end-of-file could wait for ever: a process started
+    // at the same moment by another test can inherit the pipes' write ends.
+    let outData = DataBuffer()
+    let errData = DataBuffer()
+    out.fileHandleForReading.readabilityHandler = { outData.append($0.availableData) }
+    err.fileHandleForReading.readabilityHandler = { errData.append($0.availableData) }
+    let exited = DispatchSemaphore(value: 0)
+    process.terminationHandler = { _ in exited.signal() }
     try process.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try? input.fileHandleForWriting.close()
-    // Read both pipes concurrently so a chatty child cannot block on a full pipe.
-    let outData = Mutex(Data())
-    let errData = Mutex(Data())
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        outData.withLock { $0 = data }
-        group.leave()
-    }
-    group.enter()
-    DispatchQueue.global().async {
-        let data = err.fileHandleForReading.readDataToEndOfFile()
-        errData.withLock { $0 = data }
-        group.leave()
-    }
-    if group.wait(timeout: .now() + timeout) == .timedOut {
+    if exited.wait(timeout: .now() + timeout) == .timedOut {
         process.terminate()
+        exited.wait()
     }
-    process.waitUntilExit()
+    out.fileHandleForReading.readabilityHandler = nil
+    err.fileHandleForReading.readabilityHandler = nil
+    // What the process wrote before it exited is in the pipe: drain it without blocking.
+    outData.append(drainWithoutBlocking(out.fileHandleForReading))
+    errData.append(drainWithoutBlocking(err.fileHandleForReading))
     return ProcessResult(
         status: process.terminationStatus,
-        stdout: String(decoding: outData.withLock { $0 }, as: UTF8.self),
-        stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
+        stdout: String(decoding: outData.value, as: UTF8.self),
+        stderr: String(decoding: errData.value, as: UTF8.self))
+}
+
+/// Bytes collected from another thread.
+final class DataBuffer: Sendable {
+    private let data = Mutex(Data())
+    func append(_ more: Data) { if !more.isEmpty { data.withLock { $0.append(more) } } }
+    var value: Data { data.withLock { $0 } }
+}
+
+/// Reads what is buffered in a pipe now, without waiting for its end.
+func drainWithoutBlocking(_ handle: FileHandle) -> Data {
+    let fd = handle.fileDescriptor
+    let flags = fcntl(fd, F_GETFL)
+    _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    var result = Data()
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        result.append(contentsOf: buffer[0..<n])
+    }
+    return result
 }
 
 /// Runs `ketenpoort ARGS`.

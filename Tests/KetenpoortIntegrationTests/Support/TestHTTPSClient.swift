@@ -4,6 +4,7 @@ import KetenpoortTLS
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// A response as a test sees it.
 struct TestResponse: Sendable {
@@ -88,6 +89,9 @@ final class TestHTTPSClient: @unchecked Sendable {
 
     var isActive: Bool { channel.isActive }
 
+    /// When the last response ended, taken on the event loop.
+    var lastResponseAt: Date { handler.lastResponseAt.withLock { $0 } }
+
     /// Sends a request head announcing `contentLength` body bytes and returns the future
     /// response; the body follows with ``sendBody(_:end:)``.
     func startRequest(_ path: String, method: HTTPMethod, contentLength: Int) async throws -> EventLoopFuture<TestResponse> {
@@ -130,6 +134,7 @@ final class ResponseCollector: ChannelDuplexHandler, @unchecked Sendable {
     private var head: HTTPResponseHead?
     private var body = ""
     private var context: ChannelHandlerContext?
+    let lastResponseAt = Mutex(Date.distantPast)
 
     init(handshake: EventLoopPromise<TLSConnectionInfo>) { self.handshake = handshake }
 
@@ -160,6 +165,7 @@ final class ResponseCollector: ChannelDuplexHandler, @unchecked Sendable {
         case .body(let buffer):
             body += String(buffer: buffer)
         case .end:
+            lastResponseAt.withLock { $0 = Date() }
             guard let head, !waiting.isEmpty else { return }
             waiting.removeFirst().succeed(TestResponse(status: Int(head.status.code), headers: head.headers, body: body))
             self.head = nil
