@@ -131,6 +131,26 @@ public struct PartnerRegistry: Sendable {
             return Officer(id: o.id, name: o.name, role: o.role, serialNumber: o.serial_number,
                            certificateFingerprints: (o.certificate_fingerprints ?? []).map(normaliseFingerprint))
         }
+        // Identity must be unambiguous: one partner per id and per OIN, and no officer serial
+        // number that is also a partner's OIN.
+        var ids = Set<String>()
+        var oins = Set<String>()
+        for p in partners {
+            guard ids.insert(p.id).inserted else { throw KetenpoortError(.configuration, "\(file): duplicate partner id `\(p.id)`") }
+            guard oins.insert(p.oin.value).inserted else {
+                throw KetenpoortError(.configuration, "\(file): partner `\(p.id)`: OIN \(p.oin.value) is already registered for another partner")
+            }
+        }
+        var officerIDs = Set<String>()
+        var serials = Set<String>()
+        for o in officers {
+            guard officerIDs.insert(o.id).inserted, !ids.contains(o.id) else {
+                throw KetenpoortError(.configuration, "\(file): duplicate id `\(o.id)`")
+            }
+            guard serials.insert(o.serialNumber).inserted, !oins.contains(o.serialNumber) else {
+                throw KetenpoortError(.configuration, "\(file): officer `\(o.id)`: serial number \(o.serialNumber) is already registered")
+            }
+        }
         return PartnerRegistry(region: raw.region ?? "", partners: partners, officers: officers)
     }
 }

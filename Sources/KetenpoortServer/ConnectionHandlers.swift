@@ -272,7 +272,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
                 }
                 let future = responder.respond(to: request, on: context.eventLoop)
                 future.assumeIsolated().whenComplete { [weak self] result in
-                    guard let self else { return }
+                    // A request timeout may already have answered (408).
+                    guard let self, !self.responseStarted else { return }
                     switch result {
                     case .success(let response):
                         self.write(context: context, response)

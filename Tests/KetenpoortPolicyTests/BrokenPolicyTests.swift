@@ -136,3 +136,19 @@ struct PureHelperTests {
         #expect(DateText.adding(days: 1, to: "2026-12-31") == "2027-01-01")
     }
 }
+
+@Suite("Partner registry")
+struct PartnerRegistryTests {
+    @Test("duplicate ids, duplicate OINs and officer serials that are OINs are refused")
+    func duplicates() throws {
+        let base = "partners:\n  - { id: a, name: A, kind: local_team, oin: \"00000009900000000001\" }\n"
+        #expect(throws: KetenpoortError.self) { try PartnerRegistry.parse(yaml: base + "  - { id: a, name: B, kind: police, oin: \"00000009900000000002\" }\n") }
+        #expect(throws: KetenpoortError.self) { try PartnerRegistry.parse(yaml: base + "  - { id: b, name: B, kind: police, oin: \"00000009900000000001\" }\n") }
+        #expect(throws: KetenpoortError.self) {
+            try PartnerRegistry.parse(yaml: base + "officers:\n  - { id: o, name: O, role: privacy_officer, serial_number: \"00000009900000000001\" }\n")
+        }
+        let fine = try PartnerRegistry.parse(yaml: base + "officers:\n  - { id: o, name: O, role: privacy_officer, serial_number: \"00000009900000009001\" }\n")
+        #expect(fine.partner(oin: "00000009900000000001")?.id == "a")
+        #expect(fine.officer(serialNumber: "00000009900000009001")?.id == "o")
+    }
+}
