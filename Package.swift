@@ -58,7 +58,7 @@ let package = Package(
         .target(name: "KetenpoortStore", dependencies: ["CSQLite", "KetenpoortCore"], swiftSettings: strict),
 
         // The tamper-evident audit log: hash chain and RFC 9162 Merkle tree over the store.
-        .target(name: "KetenpoortAudit", dependencies: ["KetenpoortStore", "KetenpoortCrypto", "KetenpoortCore"], swiftSettings: strict),
+        .target(name: "KetenpoortAudit", dependencies: ["KetenpoortStore", "KetenpoortCrypto", "KetenpoortPolicy", "KetenpoortCore"], swiftSettings: strict),
 
         // Development PKI (PKIoverheid-shaped) generated through OpenSSL.
         .target(
@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "KetenpoortServer",
             dependencies: [
-                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto",
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortAudit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -131,7 +131,7 @@ let package = Package(
         .testTarget(name: "KetenpoortCryptoTests", dependencies: ["KetenpoortCrypto", "KetenpoortCore"]),
         .testTarget(name: "KetenpoortPKITests", dependencies: ["KetenpoortPKI", "KetenpoortCore"]),
         .testTarget(name: "KetenpoortStoreTests", dependencies: ["KetenpoortStore", "KetenpoortCore"]),
-        .testTarget(name: "KetenpoortAuditTests", dependencies: ["KetenpoortAudit", "KetenpoortStore", "KetenpoortCrypto", "KetenpoortCore"]),
+        .testTarget(name: "KetenpoortAuditTests", dependencies: ["KetenpoortAudit", "KetenpoortStore", "KetenpoortCrypto", "KetenpoortPolicy", "KetenpoortCore"]),
         .testTarget(
             name: "KetenpoortIntegrationTests",
             dependencies: [

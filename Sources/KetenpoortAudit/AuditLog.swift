@@ -8,82 +8,113 @@ import Synchronization
 import Glibc
 #endif
 
-/// What one audit entry says, before the log gives it a sequence number and a time. Members
-/// must never hold personal data in clear: subjects as log-domain pseudonyms, free text only
-/// encrypted (as its hash here).
+/// What one audit entry says, before the log gives it a sequence number and a time. Nothing in
+/// it is personal data in clear: subjects only as log-domain pseudonyms, free text only sealed
+/// (the entry carries the hash of the sealed text). Build records with ``AuditRecorder``.
 public struct AuditRecord: Sendable {
     public var kind: String
     public var members: [(String, JSONValue)]
+    /// Log-domain pseudonyms of the people the entry is about (indexed for subject reports).
+    public var subjects: [String]
+    /// Free text sealed with the log text key: name → sealed bytes; the entry holds the hashes.
+    public var texts: [(name: String, sealed: [UInt8])]
+    /// The day (YYYY-MM-DD) after which the entry's details are erased.
+    public var retainUntil: String?
+    /// Entries whose details this entry erases (retention), in the same transaction.
+    public var erases: [Int64]
 
-    public init(kind: String, members: [(String, JSONValue)]) {
+    public init(kind: String, members: [(String, JSONValue)], subjects: [String] = [], texts: [(name: String, sealed: [UInt8])] = [], retainUntil: String? = nil, erases: [Int64] = []) {
         self.kind = kind
         self.members = members
+        self.subjects = subjects
+        self.texts = texts
+        self.retainUntil = retainUntil
+        self.erases = erases
     }
 }
 
-/// The append-only, hash-chained audit log in SQLite (WAL, `synchronous=FULL`).
+/// Signs tree heads: the log's Ed25519 key and the name partners know it by.
+public struct CheckpointSigner: Sendable {
+    public let origin: String
+    public let key: Ed25519PrivateKey
+    public init(origin: String, key: Ed25519PrivateKey) {
+        self.origin = origin
+        self.key = key
+    }
+
+    public func sign(treeSize: Int64, root: [UInt8], time: String) throws -> StoredCheckpoint {
+        let note = try Checkpoint(origin: origin, treeSize: treeSize, rootHash: root).signedNote(keyName: origin, key: key)
+        return StoredCheckpoint(treeSize: treeSize, time: time, rootHash: root, note: note)
+    }
+}
+
+/// When the writer signs a tree head: after `entries` new entries, or `seconds` after the last
+/// one if anything was appended since.
+public struct CheckpointSchedule: Sendable {
+    public var entries: Int64
+    public var seconds: Double
+    public init(entries: Int64 = 1_000, seconds: Double = 60) {
+        self.entries = entries
+        self.seconds = seconds
+    }
+}
+
+/// The append-only, hash-chained audit log.
 ///
 /// Each entry's canonical form is its JSON object with keys sorted (UTF-8, no whitespace),
-/// including `sequence`, `time` and `kind`. Its leaf hash is SHA-256(0x00 ‖ canonical) (RFC 9162
-/// leaf), and its chain hash SHA-256(previous chain hash ‖ leaf hash), starting from 32 zero
-/// bytes. Appends from many callers are group-committed: one writer thread takes everything
-/// waiting, writes it in one transaction, and answers each caller only after the commit (one
-/// fsync for many entries). If the log cannot be written, every waiting append fails.
+/// including `sequence`, `time` and `kind` (see docs/audit-log.md). Its leaf hash is
+/// SHA-256(0x00 ‖ canonical) (RFC 9162 leaf), and its chain hash SHA-256(previous chain hash ‖
+/// leaf hash), starting from 32 zero bytes. The interior nodes of the RFC 9162 tree are stored
+/// as they complete, so proofs need no full rebuild. Appends from many callers are
+/// group-committed: one writer thread takes everything waiting, writes it in one transaction,
+/// and answers each caller only after the commit (one fsync for many entries). If the log
+/// cannot be written, every waiting append fails (fail closed). Tree heads are signed every
+/// `schedule.entries` entries or `schedule.seconds` seconds.
 public final class AuditLog: @unchecked Sendable {
-    // The database is used by the writer thread only (appends) or under `readLock` (reads).
-    private let database: SQLiteDatabase
+    // The store is used by the writer thread only.
+    private let store: AuditStore
     private let condition = NSCondition()
     private var pending: [(AuditRecord, CheckedContinuation<Int64, Error>)] = []
     private var stopped = false
-    private var lastChain: [UInt8]
-    private var nextSequence: Int64
+    private var finished = false
     private let maxBatch: Int
-    private var writer: Thread?
+    private let signer: CheckpointSigner?
+    private let schedule: CheckpointSchedule
+    private var checkpointRequested: [CheckedContinuation<StoredCheckpoint?, Error>] = []
 
-    public static let schema = """
-        CREATE TABLE IF NOT EXISTS audit_entries (
-            sequence INTEGER PRIMARY KEY,
-            time TEXT NOT NULL,
-            body TEXT NOT NULL,
-            leaf_hash BLOB NOT NULL,
-            chain_hash BLOB NOT NULL
-        );
-        """
+    public convenience init(
+        path: String, synchronous: SQLiteDatabase.Synchronous = .full, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil,
+        schedule: CheckpointSchedule = CheckpointSchedule()
+    ) throws {
+        try self.init(store: try SQLiteAuditStore(path: path, synchronous: synchronous), maxBatch: maxBatch, signer: signer, schedule: schedule)
+    }
 
-    public init(path: String, synchronous: SQLiteDatabase.Synchronous = .full, maxBatch: Int = 1_024) throws {
-        database = try SQLiteDatabase(path: path, synchronous: synchronous)
-        try database.execute(AuditLog.schema)
-        let last = try database.prepare("SELECT sequence, chain_hash FROM audit_entries ORDER BY sequence DESC LIMIT 1")
-        if try last.step() {
-            nextSequence = last.int64(0) + 1
-            lastChain = last.blob(1) ?? []
-        } else {
-            nextSequence = 1
-            lastChain = [UInt8](repeating: 0, count: 32)
-        }
+    public init(store: AuditStore, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil, schedule: CheckpointSchedule = CheckpointSchedule()) throws {
+        self.store = store
+        _ = try store.tail()
         self.maxBatch = maxBatch
+        self.signer = signer
+        self.schedule = schedule
         // The writer holds the log until `close()`: call it when done.
         let thread = Thread { self.writeLoop() }
         thread.name = "ketenpoort-audit-writer"
-        writer = thread
         thread.start()
     }
 
-    /// Stops the writer; appends waiting are written first.
+    /// Stops the writer once what is waiting is written; returns when it has stopped.
     public func close() {
         condition.lock()
         stopped = true
         condition.signal()
+        while !finished { condition.wait() }
         condition.unlock()
     }
 
-    /// For tests: lets no page be added to this connection's database (a full disk).
+    /// For tests: lets no page be added to the database (a full disk).
     func fillToLimitForTest() throws {
         condition.lock()
         defer { condition.unlock() }
-        let count = try database.prepare("PRAGMA page_count")
-        _ = try count.step()
-        try database.execute("PRAGMA max_page_count = \(count.int64(0))")
+        try (store as? SQLiteAuditStore)?.fillToLimitForTest()
     }
 
     /// Appends one entry; returns its sequence number once it is durable.
@@ -101,158 +132,162 @@ public final class AuditLog: @unchecked Sendable {
         }
     }
 
+    /// Signs a tree head now if entries were appended since the last one; returns the newest.
+    public func checkpoint() async throws -> StoredCheckpoint? {
+        try await withCheckedThrowingContinuation { continuation in
+            condition.lock()
+            if stopped {
+                condition.unlock()
+                continuation.resume(throwing: KetenpoortError(.auditUnavailable, "the audit log is closed"))
+                return
+            }
+            checkpointRequested.append(continuation)
+            condition.signal()
+            condition.unlock()
+        }
+    }
+
     private func writeLoop() {
+        var lastWrite = Date()
         while true {
             condition.lock()
-            while pending.isEmpty && !stopped { condition.wait() }
-            if pending.isEmpty && stopped {
+            while pending.isEmpty && checkpointRequested.isEmpty && !stopped {
+                if signer != nil {
+                    if !condition.wait(until: Date(timeIntervalSinceNow: max(0.05, schedule.seconds / 4))) { break }
+                } else {
+                    condition.wait()
+                }
+            }
+            if pending.isEmpty && checkpointRequested.isEmpty && stopped {
+                finished = true
+                condition.broadcast()
                 condition.unlock()
                 return
             }
             let batch = Array(pending.prefix(maxBatch))
             pending.removeFirst(batch.count)
+            let requests = checkpointRequested
+            checkpointRequested = []
             condition.unlock()
-            write(batch)
+            if !batch.isEmpty || !requests.isEmpty || Date().timeIntervalSince(lastWrite) >= schedule.seconds / 4 {
+                write(batch, forceCheckpoint: !requests.isEmpty, requests: requests)
+                lastWrite = Date()
+            }
         }
     }
 
-    private func write(_ batch: [(AuditRecord, CheckedContinuation<Int64, Error>)]) {
-        let time = AuditLog.timestamp()
-        var chain = lastChain
-        var sequence = nextSequence
-        var rows: [(Int64, String, [UInt8], [UInt8])] = []
-        rows.reserveCapacity(batch.count)
-        for (record, _) in batch {
-            let body = AuditLog.canonical(record, sequence: sequence, time: time)
-            let leaf = MerkleTree.leafHash(Array(body.utf8))
-            chain = Crypto.sha256(chain + leaf)
-            rows.append((sequence, body, leaf, chain))
-            sequence += 1
-        }
+    private func dueCheckpoint(_ tail: AuditTail, now: Date, force: Bool) -> Bool {
+        guard signer != nil, tail.size > tail.checkpointSize else { return false }
+        if force || tail.size - tail.checkpointSize >= schedule.entries { return true }
+        guard let last = tail.checkpointTime else { return now.timeIntervalSince(.distantPast) >= schedule.seconds }
+        return now.timeIntervalSince(last) >= schedule.seconds
+    }
+
+    private func write(_ batch: [(AuditRecord, CheckedContinuation<Int64, Error>)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) {
         do {
-            try database.transaction {
-                let insert = try database.prepare("INSERT INTO audit_entries (sequence, time, body, leaf_hash, chain_hash) VALUES (?, ?, ?, ?, ?)")
-                for (seq, body, leaf, chainHash) in rows {
-                    insert.reset()
-                    insert.bind(1, seq)
-                    insert.bind(2, time)
-                    insert.bind(3, body)
-                    insert.bind(4, leaf)
-                    insert.bind(5, chainHash)
-                    try insert.step()
+            let now = Date()
+            let time = AuditClock.timestamp(now)
+            let written = try store.append { start in
+                var tail = start
+                var result = AuditBatch(tail: tail)
+                result.entries.reserveCapacity(batch.count)
+                for (record, _) in batch {
+                    let sequence = tail.size + 1
+                    let body = AuditLog.canonical(record, sequence: sequence, time: time)
+                    let leaf = MerkleTree.leafHash(Array(body.utf8))
+                    tail.chain = Crypto.sha256(tail.chain + leaf)
+                    result.nodes.append(contentsOf: tail.push(leaf: leaf))
+                    result.entries.append((sequence, time, record.kind, record.retainUntil, body, leaf, tail.chain))
+                    for subject in record.subjects { result.subjects.append((subject, sequence)) }
+                    for text in record.texts { result.texts.append((Crypto.sha256(text.sealed), sequence, text.sealed)) }
+                    result.erase.append(contentsOf: record.erases)
                 }
+                if dueCheckpoint(tail, now: now, force: forceCheckpoint), let signer {
+                    let checkpoint = try signer.sign(treeSize: tail.size, root: tail.root, time: time)
+                    result.checkpoint = checkpoint
+                    tail.checkpointSize = tail.size
+                    tail.checkpointTime = now
+                }
+                result.tail = tail
+                return result
             }
-            lastChain = chain
-            nextSequence = sequence
-            for (index, (_, continuation)) in batch.enumerated() { continuation.resume(returning: rows[index].0) }
+            for (index, (_, continuation)) in batch.enumerated() { continuation.resume(returning: written.entries[index].sequence) }
+            if !requests.isEmpty {
+                let newest = written.checkpoint ?? (try? store.checkpoints().last)
+                for r in requests { r.resume(returning: newest) }
+            }
         } catch {
             // Fail closed: nothing in this batch is acknowledged.
             let failure = KetenpoortError(.auditUnavailable, "the audit log cannot be written: \((error as? KetenpoortError)?.message ?? "storage error")")
             for (_, continuation) in batch { continuation.resume(throwing: failure) }
+            for r in requests { r.resume(throwing: failure) }
         }
     }
 
-    /// The canonical JSON of an entry: keys sorted, no whitespace.
+    /// The canonical JSON of an entry: keys sorted, no whitespace; the log's own members
+    /// (`sequence`, `time`, `kind`, `subjects`, `texts`, `retainUntil`, `erases`) override any
+    /// member of the same name.
     public static func canonical(_ record: AuditRecord, sequence: Int64, time: String) -> String {
-        var members = record.members.filter { !["sequence", "time", "kind"].contains($0.0) }
+        let reserved: Set<String> = ["sequence", "time", "kind", "subjects", "texts", "retainUntil", "erases"]
+        var members = record.members.filter { !reserved.contains($0.0) }
         members.append(("sequence", .number(Double(sequence))))
         members.append(("time", .string(time)))
         members.append(("kind", .string(record.kind)))
+        if !record.subjects.isEmpty { members.append(("subjects", .array(record.subjects.map { .string($0) }))) }
+        if !record.texts.isEmpty {
+            members.append(("texts", .object(record.texts.map { ($0.name, .string(Hex.encode(Crypto.sha256($0.sealed)))) })))
+        }
+        if let retain = record.retainUntil { members.append(("retainUntil", .string(retain))) }
+        if !record.erases.isEmpty { members.append(("erases", .array(AuditLog.ranges(record.erases).map { .array([.number(Double($0.lowerBound)), .number(Double($0.upperBound))]) }))) }
         return JSONValue.object(members).serialized(sortedKeys: true)
     }
 
-    static func timestamp() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: Date())
+    /// Sorted sequences as closed ranges.
+    public static func ranges(_ sequences: [Int64]) -> [ClosedRange<Int64>] {
+        var result: [ClosedRange<Int64>] = []
+        for s in sequences.sorted() {
+            if let last = result.last, last.upperBound + 1 == s {
+                result[result.count - 1] = last.lowerBound...s
+            } else if result.last?.contains(s) != true {
+                result.append(s...s)
+            }
+        }
+        return result
     }
 }
 
-/// `ketenpoort log verify`: re-derives every hash and the chain.
-public enum AuditVerifier {
-    public struct Report: Sendable {
-        public var entries: Int64
-        public var treeHead: [UInt8]
-        /// The first entry that does not verify, and why (nil: all verify).
-        public var firstBadEntry: Int64?
-        public var problem: String?
-        public var isValid: Bool { firstBadEntry == nil && problem == nil }
+/// Lowercase hexadecimal.
+public enum Hex {
+    public static func encode(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0x0f)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
-    static let sequenceKey = Array("\"sequence\":".utf8)
-
-    /// Whether a canonical entry carries `"sequence":N` for this N.
-    static func carries(sequence: Int64, _ body: UnsafeRawBufferPointer) -> Bool {
-        let keyCount = sequenceKey.count
-        guard body.count > keyCount else { return false }
-        var start = -1
-        sequenceKey.withUnsafeBytes { key in
-            let first = key[0]
-            var i = 0
-            while i <= body.count - keyCount {
-                if body[i] == first && memcmp(body.baseAddress! + i, key.baseAddress!, keyCount) == 0 {
-                    start = i
-                    return
-                }
-                i += 1
+    public static func decode(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        guard chars.count % 2 == 0 else { return nil }
+        func value(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 97...102: return c - 87
+            case 65...70: return c - 55
+            default: return nil
             }
         }
-        guard start >= 0 else { return false }
-        var offset = start + keyCount
-        var value: Int64 = 0
-        var digits = 0
-        while offset < body.count, body[offset] >= 48, body[offset] <= 57, digits < 19 {
-            value = value * 10 + Int64(body[offset] - 48)
-            offset += 1
-            digits += 1
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let hi = value(chars[i]), let lo = value(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
         }
-        return digits > 0 && value == sequence
-    }
-
-    public static func verify(path: String) throws -> Report {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist")
-        }
-        let db = try SQLiteDatabase(path: path, readOnly: true)
-        let hasher = SHA256Hasher()
-        var leaves: [[UInt8]] = []
-        var chain = [UInt8](repeating: 0, count: 32)
-        var leaf = [UInt8](repeating: 0, count: 32)
-        var next = [UInt8](repeating: 0, count: 32)
-        var expected: Int64 = 1
-        let leafPrefix: [UInt8] = [0x00]
-        func bad(_ sequence: Int64, _ why: String) -> Report {
-            Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: sequence, problem: why)
-        }
-        do {
-            let rows = try db.prepare("SELECT sequence, body, leaf_hash, chain_hash FROM audit_entries ORDER BY sequence")
-            while try rows.step() {
-                let sequence = rows.int64(0)
-                guard sequence == expected else {
-                    return bad(expected, sequence > expected ? "entry \(expected) is missing" : "sequence out of order")
-                }
-                // The body must carry its own sequence number: canonical JSON has `"sequence":N`
-                // exactly once (a quote inside a string value is always escaped).
-                let ownSequence = rows.withBytes(1) { body -> Bool in AuditVerifier.carries(sequence: sequence, body) }
-                rows.withBytes(1) { body in
-                    leafPrefix.withUnsafeBytes { prefix in leaf.withUnsafeMutableBufferPointer { hasher.hash(prefix, body, into: $0.baseAddress!) } }
-                }
-                let leafMatches = rows.withBytes(2) { stored in stored.elementsEqual(leaf) }
-                guard leafMatches else { return bad(sequence, "entry \(sequence) was changed: its hash does not match its content") }
-                guard ownSequence else { return bad(sequence, "entry \(sequence) does not carry its own sequence number (moved or swapped)") }
-                chain.withUnsafeBytes { previous in
-                    leaf.withUnsafeBytes { leafBytes in next.withUnsafeMutableBufferPointer { hasher.hash(previous, leafBytes, into: $0.baseAddress!) } }
-                }
-                swap(&chain, &next)
-                let chainMatches = rows.withBytes(3) { stored in stored.elementsEqual(chain) }
-                guard chainMatches else { return bad(sequence, "entry \(sequence) breaks the hash chain") }
-                leaves.append(leaf)
-                expected += 1
-            }
-        } catch let error as KetenpoortError {
-            return Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: expected, problem: "the database is unreadable or corrupt: \(error.message)")
-        }
-        return Report(entries: Int64(leaves.count), treeHead: MerkleTree.rootIteratively(leaves), firstBadEntry: nil, problem: nil)
+        return out
     }
 }

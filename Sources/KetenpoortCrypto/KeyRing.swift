@@ -186,10 +186,15 @@ public struct Pseudonymiser: Sendable {
     public static let logDomain = "log"
 
     public func pseudonym(of value: String, domain: String) throws -> String {
-        let mac = try keys.mac(domain: domain, keyID: keys.currentKeyID)
+        try pseudonym(of: value, domain: domain, keyID: keys.currentKeyID)
+    }
+
+    /// The pseudonym under key `keyID` (finding a person's entries made before a rotation).
+    public func pseudonym(of value: String, domain: String, keyID: String) throws -> String {
+        let mac = try keys.mac(domain: domain, keyID: keyID)
         var value = value
         return value.withUTF8 { input in
-            let prefix = "ps1.\(keys.currentKeyID)."
+            let prefix = "ps1.\(keyID)."
             // 32 MAC bytes are 43 base64url characters.
             return String(unsafeUninitializedCapacity: prefix.utf8.count + 43) { out in
                 var i = 0

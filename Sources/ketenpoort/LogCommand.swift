@@ -2,26 +2,300 @@ import ArgumentParser
 import Foundation
 import KetenpoortAudit
 import KetenpoortCore
+import KetenpoortCrypto
 
 struct LogCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "log", abstract: "The tamper-evident audit log.", subcommands: [LogVerify.self, LogAppendLoad.self])
+        commandName: "log", abstract: "The tamper-evident audit log.",
+        subcommands: [
+            LogVerify.self, LogQuery.self, LogExport.self, LogSubjectReport.self, LogCheckpoint.self, LogProve.self, LogVerifyProof.self,
+            LogPublicKey.self, LogRetention.self, LogAppendLoad.self,
+        ])
+}
+
+/// The log's key options: the master key file (or KETENPOORT_KEYS) and the log's name.
+struct LogKeyOptions: ParsableArguments {
+    @Option(help: "The master key file (default: $KETENPOORT_KEYS).") var keys: String?
+    @Option(help: "The log's name in checkpoints (the gateway's `audit.origin`).") var origin: String = LogKeys.defaultOrigin
+
+    func load() throws -> LogKeys {
+        try LogKeys(keys: try KeyRing.load(path: try MasterKeySource.resolve(path: keys)), origin: origin)
+    }
+
+    /// Keys when given (flag or environment); `nil` otherwise.
+    func loadIfGiven() throws -> LogKeys? {
+        guard keys != nil || ProcessInfo.processInfo.environment["KETENPOORT_KEYS"] != nil else { return nil }
+        return try load()
+    }
+}
+
+/// Reads one BSN from standard input; never echoes it.
+func readSubjectBSN() throws -> BSN {
+    guard let line = readLine(strippingNewline: true)?.trimmingCharacters(in: .whitespaces), !line.isEmpty else {
+        throw KetenpoortError(.invalidInput, "expected a BSN on standard input (one line); a BSN never goes on the command line")
+    }
+    do {
+        return try BSN(line)
+    } catch {
+        throw KetenpoortError(.invalidBSN, "standard input does not hold a valid BSN (9 digits passing the 11-check)")
+    }
 }
 
 struct LogVerify: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Re-derive every entry's hash and the hash chain; name the first bad entry (exit 1).")
+        abstract: "Check the hash chain, the signed checkpoints, and consistency with a checkpoint kept elsewhere; name the first bad entry (exit 1).")
     @Option(help: "The gateway's database.") var db: String
+    @Option(help: "A checkpoint note kept elsewhere (for example by a partner): the log must still extend it.") var checkpoint: String?
+    @Option(name: .customLong("public-key"), help: "The log's verifier key file (`log public-key`); or give --keys.") var publicKey: String?
+    @OptionGroup var keyOptions: LogKeyOptions
 
     func run() throws {
-        let report = try AuditVerifier.verify(path: db)
-        let head = report.treeHead.map { String(format: "%02x", $0) }.joined()
+        var verifiers: [LogVerifierKey]?
+        if let publicKey {
+            verifiers = try LogVerifierKey.load(path: publicKey)
+        } else if let keys = try keyOptions.loadIfGiven() {
+            verifiers = try keys.verifierKeys
+        }
+        var note: String?
+        if let checkpoint {
+            guard let data = FileManager.default.contents(atPath: checkpoint), let text = String(data: data, encoding: .utf8) else {
+                throw KetenpoortError(.fileUnreadable, "cannot read checkpoint file `\(checkpoint)`")
+            }
+            note = text
+        }
+        let report = try AuditVerifier.verify(path: db, keys: verifiers, external: note)
+        let head = Hex.encode(report.treeHead)
         if report.isValid {
-            print("\(report.entries) entries verified; tree head \(head)")
+            var line = "\(report.entries) entries verified; tree head \(head); \(report.checkpointsVerified) checkpoint(s) matched"
+            if report.erasedEntries > 0 { line += "; \(report.erasedEntries) erased at retention (hashes kept)" }
+            print(line)
+            if !report.signaturesChecked {
+                print("note: checkpoint signatures not checked; give --public-key FILE or --keys FILE")
+            }
         } else {
             print("log verify failed at entry \(report.firstBadEntry ?? 0): \(report.problem ?? "")")
             throw ExitCode(1)
+        }
+    }
+}
+
+/// Filters shared by `log query` and `log export`.
+struct LogFilterOptions: ParsableArguments {
+    @Option(help: "Entries at or after this time (RFC 3339 or YYYY-MM-DD).") var from: String?
+    @Option(help: "Entries before this time.") var until: String?
+    @Option(help: "Entry kind (exchange-permitted, exchange-denied, consent-registered, consent-withdrawn, review, re-identification, policy-reloaded, key-rotated, retention).")
+    var kind: String?
+    @Option(name: .customLong("case-table")) var caseTable: String?
+    @Option var sender: String?
+    @Option var recipient: String?
+    @Option var purpose: String?
+    @Option(help: "permit or deny.") var decision: String?
+    @Option(name: .customLong("basis-type"), help: "consent, safety-exception or statutory.") var basisType: String?
+    @Flag(name: .customLong("subject-stdin"), help: "Only entries about the person whose BSN is on standard input (needs --keys).")
+    var subjectStdin = false
+    @Option(help: "At most this many entries.") var limit: Int?
+
+    func validate() throws {
+        if let kind, AuditKind(rawValue: kind) == nil {
+            throw ValidationError("--kind must be one of \(AuditKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let decision, !["permit", "deny"].contains(decision) { throw ValidationError("--decision must be permit or deny") }
+        if let basisType, !["consent", "safety-exception", "statutory"].contains(basisType) {
+            throw ValidationError("--basis-type must be consent, safety-exception or statutory")
+        }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+    }
+
+    func query(keys: LogKeyOptions) throws -> AuditQuery {
+        var q = AuditQuery()
+        q.from = from
+        q.until = until
+        q.kind = kind
+        q.caseTable = caseTable
+        q.sender = sender
+        q.recipient = recipient
+        q.purpose = purpose
+        q.decision = decision
+        q.basisType = basisType
+        q.limit = limit
+        if subjectStdin {
+            let bsn = try readSubjectBSN()
+            // Turned into log pseudonyms in memory; the BSN is never stored or printed.
+            q.subjects = try keys.load().subjectPseudonyms(bsn)
+        }
+        return q
+    }
+}
+
+struct LogQuery: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "query", abstract: "Entries matching the filters, as a table or JSON lines.")
+    @Option(help: "The gateway's database.") var db: String
+    @OptionGroup var filters: LogFilterOptions
+    @OptionGroup var keyOptions: LogKeyOptions
+    @Flag(help: "JSON lines instead of a table.") var json = false
+
+    func run() throws {
+        let query = try filters.query(keys: keyOptions)
+        let store = try SQLiteAuditStore(readingFrom: db)
+        var count = 0
+        if !json { print("SEQ\tTIME\tKIND\tCASE TABLE\tSENDER\tRECIPIENT\tPURPOSE\tDECISION\tBASIS") }
+        try store.entries(matching: query) { entry in
+            count += 1
+            if json {
+                print(AuditExport.line(entry))
+                return true
+            }
+            let body = entry.body.flatMap { try? JSONParser.parse($0) }
+            func field(_ name: String) -> String { body?[name]?.stringValue ?? "-" }
+            let basis = body?["basis"]?["type"]?.stringValue ?? "-"
+            let kind = entry.body == nil ? "\(entry.kind) (erased)" : entry.kind
+            print("\(entry.sequence)\t\(entry.time)\t\(kind)\t\(field("caseTable"))\t\(field("sender"))\t\(field("recipient"))\t\(field("purpose"))\t\(field("decision"))\t\(basis)")
+            return true
+        }
+        if !json { print("\(count) entr\(count == 1 ? "y" : "ies")") }
+    }
+}
+
+struct LogExport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export", abstract: "Every entry (or those matching the filters) as JSON lines, in sequence order.")
+    @Option(help: "The gateway's database.") var db: String
+    @OptionGroup var filters: LogFilterOptions
+    @OptionGroup var keyOptions: LogKeyOptions
+
+    func run() throws {
+        let query = try filters.query(keys: keyOptions)
+        let store = try SQLiteAuditStore(readingFrom: db)
+        var out = ""
+        try store.entries(matching: query) { entry in
+            out += AuditExport.line(entry)
+            out += "\n"
+            if out.utf8.count > 1 << 16 {
+                FileHandle.standardOutput.write(Data(out.utf8))
+                out = ""
+            }
+            return true
+        }
+        FileHandle.standardOutput.write(Data(out.utf8))
+    }
+}
+
+struct LogSubjectReport: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subject-report",
+        abstract: "GDPR art. 15 for the BSN read from standard input: every recipient, date, purpose and basis, with inclusion proofs.")
+    @Option(help: "The gateway's database.") var db: String
+    @OptionGroup var keyOptions: LogKeyOptions
+    @Flag(help: "JSON instead of text.") var json = false
+
+    func run() async throws {
+        let bsn = try readSubjectBSN()
+        let keys = try keyOptions.load()
+        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        // Sign a tree head over everything so far, so that every entry gets a proof.
+        let log = try AuditLog(path: db, signer: try keys.signer)
+        _ = try await log.checkpoint()
+        log.close()
+        let store = try SQLiteAuditStore(readingFrom: db)
+        let report = try SubjectReport.build(store: store, pseudonyms: try keys.subjectPseudonyms(bsn))
+        let verifiers = try keys.verifierKeys
+        for item in report.items {
+            guard let proof = item.proof else { continue }
+            try proof.verify(keys: verifiers)
+        }
+        print(json ? report.json.serialized(sortedKeys: true) : report.text)
+    }
+}
+
+struct LogCheckpoint: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint", abstract: "Sign a tree head now (if anything was appended since the last) and print the newest checkpoint note.")
+    @Option(help: "The gateway's database.") var db: String
+    @OptionGroup var keyOptions: LogKeyOptions
+    @Option(help: "Also write the note to this file (for a partner to keep).") var out: String?
+
+    func run() async throws {
+        let keys = try keyOptions.load()
+        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        let log = try AuditLog(path: db, signer: try keys.signer)
+        let checkpoint = try await log.checkpoint()
+        log.close()
+        guard let checkpoint else { throw KetenpoortError(.invalidInput, "the log is empty: there is no tree head to sign") }
+        if let out { try checkpoint.note.write(toFile: out, atomically: true, encoding: .utf8) }
+        print(checkpoint.note, terminator: "")
+    }
+}
+
+struct LogProve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prove", abstract: "The inclusion proof of one entry against the newest signed checkpoint, as JSON.")
+    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The entry's sequence number.") var entry: Int64
+
+    func run() throws {
+        let store = try SQLiteAuditStore(readingFrom: db)
+        print(try AuditProver.prove(sequence: entry, store: store).json.serialized(sortedKeys: true))
+    }
+}
+
+struct LogVerifyProof: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify-proof",
+        abstract: "Check an inclusion proof with only the proof file (it carries its checkpoint) and the log's public key; exit 1 if it fails.")
+    @Option(help: "The proof (`log prove` output).") var proof: String
+    @Option(name: .customLong("public-key"), help: "The log's verifier key file (`log public-key`).") var publicKey: String
+
+    func run() throws {
+        guard let data = FileManager.default.contents(atPath: proof) else { throw KetenpoortError(.fileUnreadable, "cannot read proof file `\(proof)`") }
+        let bundle = try ProofBundle(json: try JSONParser.parse(bytes: Array(data)))
+        let keys = try LogVerifierKey.load(path: publicKey)
+        do {
+            let checkpoint = try bundle.verify(keys: keys)
+            print("entry \(bundle.sequence) is included in \(checkpoint.origin) at tree size \(checkpoint.treeSize) (signature valid)")
+        } catch let error as KetenpoortError {
+            print("proof does not verify: \(error.message)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct LogPublicKey: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "public-key", abstract: "Print the log's checkpoint verifier keys (one per master key id), for partners to keep.")
+    @OptionGroup var keyOptions: LogKeyOptions
+
+    func run() throws {
+        for key in try keyOptions.load().verifierKeys { print(key.text) }
+    }
+}
+
+struct LogRetention: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retention",
+        abstract: "Erase the details of entries whose retention ended; their hashes stay, so the chain and proofs still verify.")
+    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "Erase what expired before this day (YYYY-MM-DD; default today, UTC).") var today: String?
+    @Flag(name: .customLong("dry-run"), help: "Only say how many entries would be erased.") var dryRun = false
+    @OptionGroup var keyOptions: LogKeyOptions
+
+    func run() async throws {
+        let day = today ?? String(AuditClock.timestamp().prefix(10))
+        guard day.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
+            throw KetenpoortError(.invalidInput, "--today must be a day as YYYY-MM-DD")
+        }
+        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        let keys = try keyOptions.loadIfGiven()
+        let log = try AuditLog(path: db, signer: try keys?.signer)
+        defer { log.close() }
+        let result = try await AuditRetention.run(log: log, store: try SQLiteAuditStore(readingFrom: db), today: day, dryRun: dryRun)
+        if dryRun {
+            print("\(result.expired) entr\(result.expired == 1 ? "y has" : "ies have") expired before \(day); nothing erased (dry run)")
+        } else if let sequence = result.logSequence {
+            print("erased the details of \(result.expired) entr\(result.expired == 1 ? "y" : "ies"); recorded as entry \(sequence)")
+        } else {
+            print("nothing has expired before \(day)")
         }
     }
 }

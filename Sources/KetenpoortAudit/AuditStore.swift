@@ -1,0 +1,377 @@
+import Foundation
+import KetenpoortCore
+import KetenpoortStore
+
+/// The end of the log as the writer needs it: size, last chain hash, the RFC 9162 "frontier"
+/// (the roots of the perfect subtrees that make up the tree, largest first) and the last
+/// checkpoint. A backend caches it and reloads it when another writer appended.
+public struct AuditTail: Sendable {
+    public var size: Int64
+    public var chain: [UInt8]
+    public var frontier: [(level: Int, hash: [UInt8])]
+    public var checkpointSize: Int64
+    public var checkpointTime: Date?
+
+    public static let empty = AuditTail(
+        size: 0, chain: [UInt8](repeating: 0, count: 32), frontier: [], checkpointSize: 0, checkpointTime: nil)
+
+    /// MTH over all entries, folded from the frontier (RFC 9162 §2.1.1).
+    public var root: [UInt8] {
+        guard var acc = frontier.last?.hash else { return MerkleTree.emptyRoot }
+        for node in frontier.dropLast().reversed() { acc = MerkleTree.nodeHash(node.hash, acc) }
+        return acc
+    }
+
+    /// Adds a leaf; returns the interior nodes it completes as (level, position, hash).
+    public mutating func push(leaf: [UInt8]) -> [(level: Int, position: Int64, hash: [UInt8])] {
+        var completed: [(level: Int, position: Int64, hash: [UInt8])] = []
+        let index = size
+        frontier.append((0, leaf))
+        while frontier.count >= 2, frontier[frontier.count - 1].level == frontier[frontier.count - 2].level {
+            let right = frontier.removeLast()
+            let left = frontier.removeLast()
+            let level = left.level + 1
+            let hash = MerkleTree.nodeHash(left.hash, right.hash)
+            frontier.append((level, hash))
+            completed.append((level, index >> Int64(level), hash))
+        }
+        size += 1
+        return completed
+    }
+}
+
+/// One entry as stored.
+public struct StoredEntry: Sendable {
+    public let sequence: Int64
+    public let time: String
+    public let kind: String
+    /// The canonical JSON; `nil` once erased at retention (its hashes stay).
+    public let body: String?
+    public let leafHash: [UInt8]
+    public let erasedAt: String?
+}
+
+/// A signed tree head as stored.
+public struct StoredCheckpoint: Sendable {
+    public let treeSize: Int64
+    public let time: String
+    public let rootHash: [UInt8]
+    public let note: String
+}
+
+/// What one group commit writes, all in one transaction.
+public struct AuditBatch: Sendable {
+    public var entries: [(sequence: Int64, time: String, kind: String, retainUntil: String?, body: String, leaf: [UInt8], chain: [UInt8])] = []
+    public var nodes: [(level: Int, position: Int64, hash: [UInt8])] = []
+    public var subjects: [(pseudonym: String, sequence: Int64)] = []
+    public var texts: [(hash: [UInt8], sequence: Int64, sealed: [UInt8])] = []
+    public var erase: [Int64] = []
+    public var checkpoint: StoredCheckpoint?
+    public var tail: AuditTail
+    public init(tail: AuditTail) { self.tail = tail }
+}
+
+/// Filters for `log query` (all optional; combined with AND).
+public struct AuditQuery: Sendable {
+    public var from: String?
+    public var until: String?
+    public var kind: String?
+    public var caseTable: String?
+    public var sender: String?
+    public var recipient: String?
+    public var purpose: String?
+    public var decision: String?
+    public var basisType: String?
+    /// Subject pseudonyms (one per key in the ring); made in memory from a BSN, never stored.
+    public var subjects: [String]?
+    public var limit: Int?
+    public init() {}
+}
+
+/// Where the audit log lives. SQLite is the embedded backend; PostgreSQL (several gateways)
+/// implements the same interface.
+public protocol AuditStore: AnyObject {
+    /// Runs one durable write transaction: reads the tail (reloading it when another writer
+    /// appended), lets `build` make the batch from it, writes the batch, commits.
+    func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch
+    func tail() throws -> AuditTail
+    /// The root of the perfect subtree at `level` and `position` (level 0: a leaf hash).
+    func node(level: Int, position: Int64) throws -> [UInt8]
+    func entry(sequence: Int64) throws -> StoredEntry?
+    func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws
+    func checkpoints() throws -> [StoredCheckpoint]
+    func sealedText(hash: [UInt8]) throws -> [UInt8]?
+    /// Sequences of entries not yet erased whose retention ended before `date` (YYYY-MM-DD).
+    func expired(before date: String) throws -> [Int64]
+}
+
+/// The audit log in SQLite (WAL), through the system libsqlite3.
+public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
+    // Used by one thread at a time: the writer thread, or one reader.
+    let database: SQLiteDatabase
+    private var cachedTail: AuditTail?
+
+    public static let schema = """
+        CREATE TABLE IF NOT EXISTS audit_entries (
+            sequence INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            retain_until TEXT,
+            body TEXT,
+            leaf_hash BLOB NOT NULL,
+            chain_hash BLOB NOT NULL,
+            erased_at TEXT
+        );
+        CREATE INDEX IF NOT EXISTS audit_entries_retain ON audit_entries (retain_until) WHERE body IS NOT NULL AND retain_until IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS audit_tree (
+            level INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (level, position)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS audit_subjects (
+            pseudonym TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            PRIMARY KEY (pseudonym, sequence)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS audit_texts (
+            hash BLOB PRIMARY KEY,
+            sequence INTEGER NOT NULL,
+            sealed BLOB NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            tree_size INTEGER PRIMARY KEY,
+            time TEXT NOT NULL,
+            root_hash BLOB NOT NULL,
+            note TEXT NOT NULL
+        );
+        """
+
+    public init(path: String, synchronous: SQLiteDatabase.Synchronous = .full) throws {
+        database = try SQLiteDatabase(path: path, synchronous: synchronous)
+        try database.execute(SQLiteAuditStore.schema)
+    }
+
+    /// Opens an existing log for reading only.
+    public init(readingFrom path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist")
+        }
+        database = try SQLiteDatabase(path: path, readOnly: true)
+        let check = try database.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'audit_entries'")
+        _ = try check.step()
+        guard check.int64(0) == 1 else {
+            throw KetenpoortError(.invalidInput, "database `\(path)` holds no audit log")
+        }
+    }
+
+    /// For tests: lets no page be added to this connection's database (a full disk).
+    func fillToLimitForTest() throws {
+        let count = try database.prepare("PRAGMA page_count")
+        _ = try count.step()
+        try database.execute("PRAGMA max_page_count = \(count.int64(0))")
+    }
+
+    public func tail() throws -> AuditTail {
+        let last = try database.prepare("SELECT sequence, chain_hash FROM audit_entries ORDER BY sequence DESC LIMIT 1")
+        var size: Int64 = 0
+        var chain = [UInt8](repeating: 0, count: 32)
+        if try last.step() {
+            size = last.int64(0)
+            chain = last.blob(1) ?? []
+        }
+        if let cached = cachedTail, cached.size == size, cached.chain == chain { return cached }
+        var tail = AuditTail.empty
+        tail.size = size
+        tail.chain = chain
+        var offset: Int64 = 0
+        for level in stride(from: 62, through: 0, by: -1) where size & (Int64(1) << Int64(level)) != 0 {
+            tail.frontier.append((level, try node(level: level, position: offset >> Int64(level))))
+            offset += Int64(1) << Int64(level)
+        }
+        let checkpoint = try database.prepare("SELECT tree_size, time FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1")
+        if try checkpoint.step() {
+            tail.checkpointSize = checkpoint.int64(0)
+            tail.checkpointTime = AuditClock.parse(checkpoint.string(1) ?? "")
+        }
+        cachedTail = tail
+        return tail
+    }
+
+    public func node(level: Int, position: Int64) throws -> [UInt8] {
+        let statement: SQLiteStatement
+        if level == 0 {
+            statement = try database.prepare("SELECT leaf_hash FROM audit_entries WHERE sequence = ?")
+            statement.bind(1, position + 1)
+        } else {
+            statement = try database.prepare("SELECT hash FROM audit_tree WHERE level = ? AND position = ?")
+            statement.bind(1, Int64(level))
+            statement.bind(2, position)
+        }
+        guard try statement.step(), let hash = statement.blob(0), hash.count == 32 else {
+            throw KetenpoortError(.storageCorrupt, "the audit log's tree lacks node \(level)/\(position)")
+        }
+        return hash
+    }
+
+    public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+        do {
+            let batch = try database.transaction { () throws -> AuditBatch in
+                let batch = try build(try tail())
+                if !batch.erase.isEmpty {
+                    let erase = try database.prepare("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL")
+                    let subjects = try database.prepare("DELETE FROM audit_subjects WHERE sequence = ?")
+                    let texts = try database.prepare("DELETE FROM audit_texts WHERE sequence = ?")
+                    let now = AuditClock.timestamp()
+                    for sequence in batch.erase {
+                        erase.reset(); erase.bind(1, now); erase.bind(2, sequence); try erase.step()
+                        subjects.reset(); subjects.bind(1, sequence); try subjects.step()
+                        texts.reset(); texts.bind(1, sequence); try texts.step()
+                    }
+                }
+                if !batch.entries.isEmpty {
+                    let insert = try database.prepare(
+                        "INSERT INTO audit_entries (sequence, time, kind, retain_until, body, leaf_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    for e in batch.entries {
+                        insert.reset()
+                        insert.bind(1, e.sequence)
+                        insert.bind(2, e.time)
+                        insert.bind(3, e.kind)
+                        insert.bind(4, e.retainUntil)
+                        insert.bind(5, e.body)
+                        insert.bind(6, e.leaf)
+                        insert.bind(7, e.chain)
+                        try insert.step()
+                    }
+                }
+                if !batch.nodes.isEmpty {
+                    let insert = try database.prepare("INSERT INTO audit_tree (level, position, hash) VALUES (?, ?, ?)")
+                    for n in batch.nodes {
+                        insert.reset()
+                        insert.bind(1, Int64(n.level))
+                        insert.bind(2, n.position)
+                        insert.bind(3, n.hash)
+                        try insert.step()
+                    }
+                }
+                if !batch.subjects.isEmpty {
+                    let insert = try database.prepare("INSERT OR IGNORE INTO audit_subjects (pseudonym, sequence) VALUES (?, ?)")
+                    for s in batch.subjects {
+                        insert.reset()
+                        insert.bind(1, s.pseudonym)
+                        insert.bind(2, s.sequence)
+                        try insert.step()
+                    }
+                }
+                if !batch.texts.isEmpty {
+                    let insert = try database.prepare("INSERT INTO audit_texts (hash, sequence, sealed) VALUES (?, ?, ?)")
+                    for t in batch.texts {
+                        insert.reset()
+                        insert.bind(1, t.hash)
+                        insert.bind(2, t.sequence)
+                        insert.bind(3, t.sealed)
+                        try insert.step()
+                    }
+                }
+                if let c = batch.checkpoint {
+                    let insert = try database.prepare("INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)")
+                    insert.bind(1, c.treeSize)
+                    insert.bind(2, c.time)
+                    insert.bind(3, c.rootHash)
+                    insert.bind(4, c.note)
+                    try insert.step()
+                }
+                return batch
+            }
+            cachedTail = batch.tail
+            return batch
+        } catch {
+            cachedTail = nil
+            throw error
+        }
+    }
+
+    public func entry(sequence: Int64) throws -> StoredEntry? {
+        let statement = try database.prepare(
+            "SELECT sequence, time, kind, body, leaf_hash, erased_at FROM audit_entries WHERE sequence = ?")
+        statement.bind(1, sequence)
+        return try statement.step() ? SQLiteAuditStore.row(statement) : nil
+    }
+
+    static func row(_ s: SQLiteStatement) -> StoredEntry {
+        StoredEntry(sequence: s.int64(0), time: s.string(1) ?? "", kind: s.string(2) ?? "", body: s.string(3), leafHash: s.blob(4) ?? [], erasedAt: s.string(5))
+    }
+
+    public func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws {
+        var conditions: [String] = []
+        var binds: [String] = []
+        func add(_ sql: String, _ value: String?) {
+            guard let value else { return }
+            conditions.append(sql)
+            binds.append(value)
+        }
+        add("e.time >= ?", query.from)
+        add("e.time < ?", query.until)
+        add("e.kind = ?", query.kind)
+        add("json_extract(e.body, '$.caseTable') = ?", query.caseTable)
+        add("json_extract(e.body, '$.sender') = ?", query.sender)
+        add("json_extract(e.body, '$.recipient') = ?", query.recipient)
+        add("json_extract(e.body, '$.purpose') = ?", query.purpose)
+        add("json_extract(e.body, '$.decision') = ?", query.decision)
+        add("json_extract(e.body, '$.basis.type') = ?", query.basisType)
+        var sql = "SELECT e.sequence, e.time, e.kind, e.body, e.leaf_hash, e.erased_at FROM audit_entries e"
+        if let subjects = query.subjects {
+            let marks = Array(repeating: "?", count: max(subjects.count, 1)).joined(separator: ", ")
+            conditions.insert("e.sequence IN (SELECT sequence FROM audit_subjects WHERE pseudonym IN (\(marks)))", at: 0)
+            binds.insert(contentsOf: subjects.isEmpty ? [""] : subjects, at: 0)
+        }
+        if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
+        sql += " ORDER BY e.sequence"
+        if let limit = query.limit { sql += " LIMIT \(max(0, limit))" }
+        let statement = try database.prepare(sql)
+        for (index, value) in binds.enumerated() { statement.bind(Int32(index + 1), value) }
+        while try statement.step() {
+            guard try each(SQLiteAuditStore.row(statement)) else { return }
+        }
+    }
+
+    public func checkpoints() throws -> [StoredCheckpoint] {
+        let statement = try database.prepare("SELECT tree_size, time, root_hash, note FROM audit_checkpoints ORDER BY tree_size")
+        var result: [StoredCheckpoint] = []
+        while try statement.step() {
+            result.append(StoredCheckpoint(treeSize: statement.int64(0), time: statement.string(1) ?? "", rootHash: statement.blob(2) ?? [], note: statement.string(3) ?? ""))
+        }
+        return result
+    }
+
+    public func sealedText(hash: [UInt8]) throws -> [UInt8]? {
+        let statement = try database.prepare("SELECT sealed FROM audit_texts WHERE hash = ?")
+        statement.bind(1, hash)
+        return try statement.step() ? statement.blob(0) : nil
+    }
+
+    public func expired(before date: String) throws -> [Int64] {
+        let statement = try database.prepare(
+            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? ORDER BY sequence")
+        statement.bind(1, date)
+        var result: [Int64] = []
+        while try statement.step() { result.append(statement.int64(0)) }
+        return result
+    }
+}
+
+/// Timestamps of the log: RFC 3339, UTC, milliseconds.
+public enum AuditClock {
+    public static func timestamp(_ date: Date = Date()) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+
+    public static func parse(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.date(from: text)
+    }
+}
