@@ -81,7 +81,8 @@ public struct AuditRecorder: Sendable {
         if request.facts.reporterProtected || (request.facts.reporterKind == "bystander" && !request.facts.reporterConsented) {
             protections.append(("reporter", .bool(true)))
         }
-        if recipient?.kind == "womens_shelter" || sender?.kind == "womens_shelter" && !request.facts.keepApart.isEmpty {
+        let shelterInvolved = recipient?.kind == "womens_shelter" || sender?.kind == "womens_shelter"
+        if shelterInvolved || (!request.facts.keepApart.isEmpty && released.contains { $0.hasPrefix("location_protected.") }) {
             protections.append(("location", .bool(true)))
         }
         if sender?.kind == "police" { protections.append(("domain", .string("wpg"))) }

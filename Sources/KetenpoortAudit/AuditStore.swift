@@ -85,6 +85,8 @@ public struct AuditQuery: Sendable {
     /// Subject pseudonyms (one per key in the ring); made in memory from a BSN, never stored.
     public var subjects: [String]?
     public var limit: Int?
+    /// Only entries after this sequence (a page cursor).
+    public var afterSequence: Int64?
     public init() {}
 }
 
@@ -310,6 +312,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             conditions.append(sql)
             binds.append(value)
         }
+        if let after = query.afterSequence { conditions.append("e.sequence > \(after)") }
         add("e.time >= ?", query.from)
         add("e.time < ?", query.until)
         add("e.kind = ?", query.kind)

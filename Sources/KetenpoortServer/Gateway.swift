@@ -23,28 +23,49 @@ public enum Gateway {
     public static func makeService(
         configuration: GatewayConfiguration, logger: Logger, metrics: GatewayMetrics = GatewayMetrics(),
         onReady: @escaping @Sendable (GatewayAddresses) -> Void
-    ) throws -> GatewayService {
+    ) async throws -> GatewayService {
         try configuration.validate()
         let state = GatewayState(try loadSnapshot(policyDirectory: configuration.policyDirectory))
         let health = HealthRegistry()
         health.setInfo("policy_version", state.snapshot.policyVersion)
-        let application = GatewayApplication(state: state)
+        // The log is written before anything is answered: a log that cannot be opened or written
+        // stops the start (fail closed).
+        let audit = try GatewayAudit(configuration: configuration, health: health, logger: logger)
+        do {
+            try await audit.recordStartup(policyVersion: state.snapshot.policyVersion)
+        } catch {
+            audit.close()
+            throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be written (read-only file, full disk?); not starting")
+        }
+        let application = GatewayApplication(state: state, audit: audit)
         let policyDirectory = configuration.policyDirectory
-        let server = try GatewayServer(
-            configuration: configuration, responder: application, metrics: metrics, health: health, logger: logger,
-            reloadSnapshot: {
-                let snapshot = try loadSnapshot(policyDirectory: policyDirectory)
-                guard snapshot.policyVersion != state.snapshot.policyVersion else { return }
-                state.replace(with: snapshot)
-                health.setInfo("policy_version", snapshot.policyVersion)
-                logger.notice("policy set reloaded", metadata: ["policy.version": "\(snapshot.policyVersion)"])
-            })
-        return GatewayService(server: server, onReady: onReady)
+        let server: GatewayServer
+        do {
+            server = try GatewayServer(
+                configuration: configuration, responder: application, metrics: metrics, health: health, logger: logger,
+                reloadSnapshot: {
+                    let snapshot = try loadSnapshot(policyDirectory: policyDirectory)
+                    let previous = state.snapshot.policyVersion
+                    guard snapshot.policyVersion != previous else { return }
+                    // A new policy set is in force only once the log says so.
+                    try await audit.record(audit.recorder.policyReloaded(version: snapshot.policyVersion, previous: previous, reason: "reload"))
+                    state.replace(with: snapshot)
+                    health.setInfo("policy_version", snapshot.policyVersion)
+                    logger.notice("policy set reloaded", metadata: ["policy.version": "\(snapshot.policyVersion)"])
+                })
+        } catch {
+            audit.close()
+            throw error
+        }
+        return GatewayService(server: server, onReady: onReady, onStopped: { audit.close() })
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     public static func run(configuration: GatewayConfiguration, logger: Logger, onReady: @escaping @Sendable (GatewayAddresses) -> Void) async throws {
-        let service = try makeService(configuration: configuration, logger: logger, onReady: onReady)
+        // A file-size limit (RLIMIT_FSIZE) must fail a write (EFBIG), not end the process: the log
+        // then refuses requests (fail closed) and /health reports it.
+        signal(SIGXFSZ, SIG_IGN)
+        let service = try await makeService(configuration: configuration, logger: logger, onReady: onReady)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -1,4 +1,7 @@
+import Foundation
+import KetenpoortAudit
 import KetenpoortCore
+import KetenpoortCrypto
 import KetenpoortPolicy
 import KetenpoortTLS
 import NIOCore
@@ -53,20 +56,15 @@ public final class GatewayState: Sendable {
 /// The HTTP API of the gateway (`/v1/...`).
 public struct GatewayApplication: GatewayResponder {
     public let state: GatewayState
+    public let audit: GatewayAudit
 
-    public init(state: GatewayState) {
+    public init(state: GatewayState, audit: GatewayAudit) {
         self.state = state
+        self.audit = audit
     }
 
+    /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.
     public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? {
-        route(request)
-    }
-
-    public func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse> {
-        eventLoop.makeSucceededFuture(route(request))
-    }
-
-    func route(_ request: GatewayRequest) -> GatewayResponse {
         let caller: Caller
         switch identify(request) {
         case .caller(let c): caller = c
@@ -77,9 +75,77 @@ public struct GatewayApplication: GatewayResponder {
             return whoami(caller, snapshot: state.snapshot)
         case (_, "/v1/whoami"):
             return methodNotAllowed(route: "/v1/whoami", allowed: "GET")
+        case (.POST, "/v1/reidentifications"):
+            return nil
+        case (_, "/v1/reidentifications"):
+            return methodNotAllowed(route: "/v1/reidentifications", allowed: "POST")
+        case (.GET, let path) where path.hasPrefix("/v1/audit/"):
+            return nil
+        case (_, let path) where path.hasPrefix("/v1/audit/"):
+            return methodNotAllowed(route: "/v1/audit", allowed: "GET")
         default:
             return GatewayResponse.problem(
                 .notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+        }
+    }
+
+    public func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse> {
+        if let immediate = respondImmediately(to: request) { return eventLoop.makeSucceededFuture(immediate) }
+        guard case .caller(let caller) = identify(request) else {
+            return eventLoop.makeSucceededFuture(GatewayResponse.problem(.forbidden, code: .forbidden, title: "Forbidden", detail: "unidentified caller", route: "identity"))
+        }
+        let promise = eventLoop.makePromise(of: GatewayResponse.self)
+        promise.completeWithTask {
+            if request.path == "/v1/reidentifications" { return await reidentify(request, caller: caller) }
+            return AuditAPI(audit: audit).respond(to: request, caller: caller)
+        }
+        return promise.futureResult
+    }
+
+    /// `POST /v1/reidentifications` `{"caseTable", "purpose", "token"}`: the value behind a
+    /// token, only where the policy permits it for the calling partner and purpose, and only
+    /// after the log holds the record (503 `audit_unavailable` otherwise).
+    func reidentify(_ request: GatewayRequest, caller: Caller) async -> GatewayResponse {
+        let route = "/v1/reidentifications"
+        guard case .partner(let partner) = caller else {
+            return .problem(.forbidden, code: .forbidden, title: "Forbidden", detail: "only partners re-identify their tokens", route: route)
+        }
+        guard request.headers.first(name: "content-type")?.lowercased().hasPrefix("application/json") == true else {
+            return .problem(.unsupportedMediaType, code: .unsupportedMediaType, title: "Unsupported media type", detail: "send application/json", route: route)
+        }
+        let body: JSONValue
+        do {
+            body = try JSONParser.parse(bytes: request.body.map { Array($0.readableBytesView) } ?? [])
+        } catch {
+            return .problem(.badRequest, code: .invalidJSON, title: "Invalid JSON", detail: "the body is not valid JSON", route: route)
+        }
+        guard let members = body.objectValue, Set(members.map(\.0)).isSubset(of: ["caseTable", "purpose", "token"]),
+            let caseTable = body["caseTable"]?.stringValue, let purpose = body["purpose"]?.stringValue, let token = body["token"]?.stringValue
+        else {
+            return .problem(
+                .unprocessableEntity, code: .invalidRequest, title: "Invalid request",
+                detail: "expected an object with exactly `caseTable`, `purpose` and `token` (strings)", route: route)
+        }
+        let snapshot = state.snapshot
+        let audit = self.audit
+        do {
+            var pending: Reidentification.Record?
+            let value = try Reidentification(keys: audit.keys.keys).reidentify(
+                token: token, caseTable: caseTable, partner: partner.id, purpose: purpose, policies: snapshot.policySet
+            ) { record in pending = record }
+            guard let record = pending else { throw KetenpoortError(.internalError, "re-identification produced no log record") }
+            let sequence = try await audit.record(
+                audit.recorder.reidentification(
+                    caseTable: record.caseTable, partner: record.partner, purpose: record.purpose, subjectPseudonym: record.subjectPseudonym,
+                    policyVersion: record.policyVersion))
+            return .json(["value": .string(value), "logSequence": .number(Double(sequence))], route: route)
+        } catch let error as KetenpoortError {
+            if error.code == .crypto {
+                return .problem(.unprocessableEntity, code: .invalidRequest, title: "Invalid request", detail: "the token is not one this gateway issued for this case table and partner", route: route)
+            }
+            return .problem(for: error, route: route)
+        } catch {
+            return .problem(.internalServerError, code: .internalError, title: "Internal error", detail: "the request failed", route: route)
         }
     }
 

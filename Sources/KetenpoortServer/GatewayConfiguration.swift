@@ -78,13 +78,15 @@ public struct GatewayConfiguration: Sendable {
     public var limits = GatewayLimits()
     public var eventLoopThreads = 0
     public var logLevel = "info"
+    public var audit = AuditSettings()
 
     public init() {}
 
     /// The keys a configuration file may contain (anything else is an error: a typo must not be
     /// silently ignored in a security product).
     static let knownKeys: [String: Set<String>] = [
-        "": ["listen", "ops_listen", "tls", "client_tls", "policies", "database", "keys", "limits", "event_loop_threads", "log_level"],
+        "": ["listen", "ops_listen", "tls", "client_tls", "policies", "database", "keys", "limits", "event_loop_threads", "log_level", "audit"],
+        "audit": ["origin", "checkpoint_entries", "checkpoint_seconds"],
         "tls": ["certificate", "key", "client_ca", "crl", "min_version", "session_resumption"],
         "client_tls": ["certificate", "key"],
         "limits": [
@@ -182,6 +184,24 @@ public struct GatewayConfiguration: Sendable {
             if let v = limits["shutdown_grace_seconds"] { l.shutdownGrace = try reader.seconds(v, "limits.shutdown_grace_seconds") }
             configuration.limits = l
         }
+        if let auditNode = root["audit"] {
+            guard let audit = auditNode.mapping else {
+                throw KetenpoortError(.configuration, "\(reader.at(auditNode))`audit` must be a mapping")
+            }
+            try reader.checkKeys(audit, section: "audit")
+            if let v = audit["origin"] {
+                let origin = try reader.string(v, "audit.origin")
+                guard !origin.isEmpty, !origin.contains(where: { $0 == " " || $0 == "+" }) else {
+                    throw KetenpoortError(.configuration, "\(reader.at(v))`audit.origin` must be a name without spaces or `+` (for example zhz.ketenpoort.example/audit)")
+                }
+                configuration.audit.origin = origin
+            }
+            if let v = audit["checkpoint_entries"] { configuration.audit.checkpointEntries = Int64(try reader.int(v, "audit.checkpoint_entries", range: 1...10_000_000)) }
+            if let v = audit["checkpoint_seconds"] {
+                let d = try reader.seconds(v, "audit.checkpoint_seconds")
+                configuration.audit.checkpointSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+            }
+        }
         return configuration
     }
 
@@ -232,6 +252,13 @@ public struct GatewayConfiguration: Sendable {
         // Building the context checks every file: existence, permissions, PEM, key matching certificate.
         _ = try TLSContext(configuration: serverTLS)
     }
+}
+
+/// The audit log: its name in signed checkpoints and how often a tree head is signed.
+public struct AuditSettings: Sendable {
+    public var origin = "ketenpoort/audit-log"
+    public var checkpointEntries: Int64 = 1_000
+    public var checkpointSeconds: Double = 60
 }
 
 /// Reads scalar values with `file:line:col:` prefixes in errors.

@@ -50,7 +50,7 @@ public final class GatewayServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let tls: TLSContextBox
     let responder: GatewayResponder
-    let reloadSnapshot: @Sendable () throws -> Void
+    let reloadSnapshot: @Sendable () async throws -> Void
     private let openConnections = Atomic<Int>(0)
     private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
     private let listeners = Mutex<[Channel]>([])
@@ -60,7 +60,7 @@ public final class GatewayServer: Sendable {
     ///     SIGHUP and when the policy directory changes. Throws to keep the old one.
     public init(
         configuration: GatewayConfiguration, responder: GatewayResponder, metrics: GatewayMetrics, health: HealthRegistry,
-        logger: Logger, reloadSnapshot: @escaping @Sendable () throws -> Void = {}
+        logger: Logger, reloadSnapshot: @escaping @Sendable () async throws -> Void = {}
     ) throws {
         self.configuration = configuration
         self.metrics = metrics
@@ -162,7 +162,7 @@ public final class GatewayServer: Sendable {
 
     /// Rebuilds the TLS context from the configured files and swaps it in; a bad new file keeps
     /// the old context. Then reloads the snapshot (partners, policies) the same way.
-    public func reload() {
+    public func reload() async {
         do {
             let context = try TLSContext(configuration: configuration.serverTLS)
             tls.replace(with: context)
@@ -172,13 +172,13 @@ public final class GatewayServer: Sendable {
             metrics.tlsReloadsFailed.increment()
             logger.error("tls reload failed; keeping the previous context", metadata: ["error": "\(error)"])
         }
-        reloadPolicies()
+        await reloadPolicies()
     }
 
     /// Reloads the snapshot only (policy directory changed).
-    public func reloadPolicies() {
+    public func reloadPolicies() async {
         do {
-            try reloadSnapshot()
+            try await reloadSnapshot()
             metrics.policyReloadsSucceeded.increment()
         } catch {
             metrics.policyReloadsFailed.increment()

@@ -7,10 +7,12 @@ import UnixSignals
 public struct GatewayService: Service {
     public let server: GatewayServer
     let onReady: @Sendable (GatewayAddresses) -> Void
+    let onStopped: @Sendable () -> Void
 
-    public init(server: GatewayServer, onReady: @escaping @Sendable (GatewayAddresses) -> Void) {
+    public init(server: GatewayServer, onReady: @escaping @Sendable (GatewayAddresses) -> Void, onStopped: @escaping @Sendable () -> Void = {}) {
         self.server = server
         self.onReady = onReady
+        self.onStopped = onStopped
     }
 
     public func run() async throws {
@@ -22,12 +24,12 @@ public struct GatewayService: Service {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await _ in hangups {
-                    server.reload()
+                    await server.reload()
                 }
             }
             group.addTask {
                 await PolicyDirectoryWatcher(directory: server.configuration.policyDirectory).watch {
-                    server.reloadPolicies()
+                    await server.reloadPolicies()
                 }
             }
             // Returns when graceful shutdown is triggered (or the task is cancelled).
@@ -35,5 +37,6 @@ public struct GatewayService: Service {
             group.cancelAll()
         }
         await server.shutdown()
+        onStopped()
     }
 }

@@ -20,7 +20,7 @@ struct PolicyDirectoryWatcher {
         return parts.sorted().joined(separator: "\n")
     }
 
-    func watch(onChange: @Sendable () -> Void) async {
+    func watch(onChange: @Sendable () async -> Void) async {
         var last = fingerprint()
         var pending: String? = nil
         while !Task.isCancelled {
@@ -30,7 +30,7 @@ struct PolicyDirectoryWatcher {
                 if pending == now {
                     last = now
                     pending = nil
-                    onChange()
+                    await onChange()
                 } else {
                     pending = now
                 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KetenpoortCore
+import KetenpoortCrypto
 import KetenpoortPKI
 import KetenpoortServer
 
@@ -28,6 +29,11 @@ struct Demo: AsyncParsableCommand {
                 force: true)
             announce("created a development PKI in \(pkiDirectory)")
         }
+        let keyPath = root + "/keys"
+        if !fm.fileExists(atPath: keyPath) {
+            try MasterKeyFile.create(path: keyPath)
+            announce("created the master key file \(keyPath) (pseudonyms, tokens, the audit log's keys)")
+        }
         let configPath = root + "/gateway.yaml"
         if !fm.fileExists(atPath: configPath) {
             let text = """
@@ -36,6 +42,9 @@ struct Demo: AsyncParsableCommand {
                 ops_listen: \(opsListen)
                 policies: \(policyDirectory)
                 database: \(root)/ketenpoort.db
+                keys: keys
+                audit:
+                  origin: zhz.ketenpoort.example/audit
                 tls:
                   certificate: pki/gateway/server.crt
                   key: pki/gateway/server.key
@@ -52,6 +61,7 @@ struct Demo: AsyncParsableCommand {
         var configuration = try GatewayConfiguration.load(path: configPath)
         configuration.listen = try ListenAddress(parsing: listen, what: "--listen")
         configuration.operationsListen = try ListenAddress(parsing: opsListen, what: "--ops-listen")
+        if configuration.masterKeyPath == nil { configuration.masterKeyPath = keyPath }
         let pki = pkiDirectory
         let displayed = dir
         try await runGateway(configuration) { addresses in

@@ -1,4 +1,5 @@
 import Foundation
+import KetenpoortCrypto
 import Synchronization
 
 /// A gateway started as a real process on free loopback ports, stopped by its PID.
@@ -16,6 +17,7 @@ final class GatewayProcess: @unchecked Sendable {
     init(extraConfiguration: String = "", tlsSection: String? = nil, policies: String? = nil) throws {
         directory = temporaryDirectory("ketenpoort-gateway")
         configPath = directory + "/gateway.yaml"
+        try MasterKeyFile.create(path: directory + "/keys")
         let tls = tlsSection ?? """
             tls:
               certificate: \(PKIFixture.path("gateway/server.crt"))
@@ -31,6 +33,7 @@ final class GatewayProcess: @unchecked Sendable {
             log_level: notice
             policies: \(policies ?? packageRoot + "/Policies")
             database: \(directory)/ketenpoort.db
+            keys: \(directory)/keys
             \(tls)
             \(extraConfiguration)
             """, to: configPath)

@@ -1,0 +1,92 @@
+import Foundation
+import KetenpoortAudit
+import KetenpoortCore
+import KetenpoortCrypto
+import Logging
+import Metrics
+
+/// The gateway's side of the audit log: writes records before answers are sent, fails closed,
+/// and reports the log's health (`/health` is not ready while the log cannot be written).
+public final class GatewayAudit: Sendable {
+    public let log: AuditLog
+    public let recorder: AuditRecorder
+    public let keys: LogKeys
+    public let databasePath: String
+    let health: HealthRegistry
+    let logger: Logger
+    let failures = Counter(label: "ketenpoort_audit_write_failures_total")
+    let appends = Counter(label: "ketenpoort_audit_entries_total")
+    private let reader = NSLock()
+    nonisolated(unsafe) private var readStore: SQLiteAuditStore?
+
+    public static let healthCheck = "audit_log"
+
+    public init(configuration: GatewayConfiguration, health: HealthRegistry, logger: Logger) throws {
+        guard let keyPath = configuration.masterKeyPath else {
+            throw KetenpoortError(
+                .configuration,
+                "the gateway needs a master key file for the audit log (`keys:` or KETENPOORT_KEYS); create one with `ketenpoort keys init FILE`")
+        }
+        let ring = try KeyRing.load(path: try MasterKeySource.resolve(path: keyPath))
+        keys = try LogKeys(keys: ring, origin: configuration.audit.origin)
+        recorder = AuditRecorder(keys: keys)
+        databasePath = configuration.databasePath
+        do {
+            log = try AuditLog(
+                path: configuration.databasePath, signer: try keys.signer,
+                schedule: CheckpointSchedule(entries: configuration.audit.checkpointEntries, seconds: configuration.audit.checkpointSeconds))
+        } catch let error as KetenpoortError {
+            throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be opened for writing: \(error.message)")
+        }
+        self.health = health
+        self.logger = logger
+        health.set(GatewayAudit.healthCheck, ready: true)
+    }
+
+    /// Appends `record` durably; on failure marks the log unhealthy and throws
+    /// `audit_unavailable` (the caller refuses the request).
+    @discardableResult
+    public func record(_ record: AuditRecord) async throws -> Int64 {
+        do {
+            let sequence = try await log.append(record)
+            appends.increment()
+            health.set(GatewayAudit.healthCheck, ready: true)
+            return sequence
+        } catch {
+            failures.increment()
+            health.set(GatewayAudit.healthCheck, ready: false)
+            logger.error("audit log write failed; refusing requests that need it", metadata: ["audit.kind": "\(record.kind)"])
+            throw KetenpoortError(.auditUnavailable, "the audit log cannot be written; the request was not carried out")
+        }
+    }
+
+    /// Runs `body` with a read-only view of the log (one at a time).
+    public func read<T>(_ body: (SQLiteAuditStore) throws -> T) throws -> T {
+        reader.lock()
+        defer { reader.unlock() }
+        if readStore == nil { readStore = try SQLiteAuditStore(readingFrom: databasePath) }
+        return try body(readStore!)
+    }
+
+    /// The entries written when the gateway starts: the policy set in force, and a key rotation
+    /// when the current master key differs from the one the log last recorded.
+    public func recordStartup(policyVersion: String) async throws {
+        let lastKeyID = try read { store -> String? in
+            // Every start writes a policy-reloaded entry with the key id in use.
+            var query = AuditQuery()
+            query.kind = AuditKind.policyReloaded.rawValue
+            var found: String?
+            try store.entries(matching: query) { entry in
+                if let body = entry.body, let id = (try? JSONParser.parse(body))?["keyId"]?.stringValue { found = id }
+                return true
+            }
+            return found
+        }
+        if let lastKeyID, lastKeyID != keys.keys.currentKeyID {
+            try await record(try recorder.keyRotated(previous: lastKeyID))
+        }
+        try await record(recorder.policyReloaded(version: policyVersion, previous: nil, reason: "startup"))
+    }
+
+    public func close() { log.close() }
+}

@@ -1,0 +1,216 @@
+import Foundation
+import KetenpoortCore
+import KetenpoortCrypto
+import KetenpoortStore
+import Testing
+
+@testable import KetenpoortAudit
+
+/// Keys for tests: a fixed master key (never a real one).
+func testLogKeys(_ ids: [String] = ["k1"]) throws -> LogKeys {
+    try LogKeys(keys: try KeyRing(keys: ids.map { ($0, Crypto.sha256(Array("test key \($0)".utf8))) }), origin: "test.ketenpoort.example/audit")
+}
+
+func temporaryLogPath() -> String { NSTemporaryDirectory() + "audit-\(UUID().uuidString.prefix(8)).db" }
+
+func drillRecord(_ i: Int) -> AuditRecord {
+    AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])
+}
+
+@Suite("Audit log: signed checkpoints, stored tree, proofs, retention")
+struct CheckpointAndProofTests {
+    @Test("a tree head is signed every N entries; every entry's stored-tree proof verifies against every checkpoint")
+    func checkpointsEveryNEntries() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 10, seconds: 3_600))
+        for i in 0..<35 { _ = try await log.append(drillRecord(i)) }
+        log.close()
+        let store = try SQLiteAuditStore(readingFrom: path)
+        let checkpoints = try store.checkpoints()
+        // The first batch signs at once (no checkpoint yet), then every 10 entries.
+        #expect(checkpoints.map(\.treeSize) == [1, 11, 21, 31])
+        var leaves: [[UInt8]] = []
+        try store.entries(matching: AuditQuery()) { leaves.append($0.leafHash); return true }
+        let verifiers = try keys.verifierKeys
+        let tree = StoredTree(store: store)
+        for c in checkpoints {
+            let parsed = try Checkpoint.verify(note: c.note, keys: verifiers)
+            #expect(parsed.rootHash == MerkleTree.root(leaves[0..<Int(c.treeSize)]))
+            for m in 0..<c.treeSize {
+                let proof = try tree.inclusionProof(index: m, treeSize: c.treeSize)
+                #expect(proof == MerkleTree.inclusionProof(index: Int(m), leaves: leaves[0..<Int(c.treeSize)]))
+                #expect(MerkleTree.verifyInclusion(leafHash: leaves[Int(m)], index: Int(m), treeSize: Int(c.treeSize), proof: proof, root: parsed.rootHash))
+            }
+        }
+        // Consistency between every pair of checkpoints.
+        for (i, old) in checkpoints.enumerated() {
+            for new in checkpoints[i...] {
+                let proof = try tree.consistencyProof(oldSize: old.treeSize, newSize: new.treeSize)
+                #expect(MerkleTree.verifyConsistency(oldSize: Int(old.treeSize), oldRoot: old.rootHash, newSize: Int(new.treeSize), newRoot: new.rootHash, proof: proof))
+            }
+        }
+        let report = try AuditVerifier.verify(path: path, keys: verifiers)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.checkpointsVerified == 4)
+    }
+
+    @Test("a tree head is signed T seconds after the last one when entries are waiting")
+    func checkpointAfterInterval() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 1_000, seconds: 0.3))
+        _ = try await log.append(drillRecord(0))
+        _ = try await log.append(drillRecord(1))
+        _ = try await log.append(drillRecord(2))
+        let deadline = Date().addingTimeInterval(10)
+        var sizes: [Int64] = []
+        while Date() < deadline {
+            sizes = try SQLiteAuditStore(readingFrom: path).checkpoints().map(\.treeSize)
+            if sizes.last == 3 { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        log.close()
+        #expect(sizes.first == 1)
+        #expect(sizes.last == 3)
+    }
+
+    @Test("a log cut off after its last checkpoint, or rewritten before it, fails against a checkpoint kept elsewhere")
+    func externalCheckpoint() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 1_000_000, seconds: 3_600))
+        for i in 0..<20 { _ = try await log.append(drillRecord(i)) }
+        let kept = try #require(try await log.checkpoint())
+        #expect(kept.treeSize == 20)
+        for i in 20..<25 { _ = try await log.append(drillRecord(i)) }
+        log.close()
+        let verifiers = try keys.verifierKeys
+        #expect(try AuditVerifier.verify(path: path, keys: verifiers, external: kept.note).isValid)
+
+        // Cut off: the last 8 entries and every checkpoint that covered them are gone.
+        let copy = temporaryLogPath()
+        try FileManager.default.copyItem(atPath: path, toPath: copy)
+        if FileManager.default.fileExists(atPath: path + "-wal") { try FileManager.default.copyItem(atPath: path + "-wal", toPath: copy + "-wal") }
+        let db = try SQLiteDatabase(path: copy)
+        try db.execute("DELETE FROM audit_entries WHERE sequence > 17; DELETE FROM audit_checkpoints WHERE tree_size > 17; DELETE FROM audit_tree")
+        let withoutExternal = try AuditVerifier.verify(path: copy, keys: verifiers)
+        #expect(withoutExternal.isValid, "without the kept checkpoint, a clean cut is invisible")
+        let cut = try AuditVerifier.verify(path: copy, keys: verifiers, external: kept.note)
+        #expect(!cut.isValid)
+        #expect(cut.firstBadEntry == 18)
+        #expect(cut.problem?.contains("cut off") == true)
+
+        // Rewritten: another history of the same length, chained and checkpointed on its own.
+        let rewritten = temporaryLogPath()
+        let other = try AuditLog(path: rewritten, signer: try keys.signer, schedule: CheckpointSchedule(entries: 1_000_000, seconds: 3_600))
+        for i in 0..<25 { _ = try await other.append(drillRecord(i == 3 ? 333 : i)) }
+        other.close()
+        #expect(try AuditVerifier.verify(path: rewritten, keys: verifiers).isValid)
+        let history = try AuditVerifier.verify(path: rewritten, keys: verifiers, external: kept.note)
+        #expect(!history.isValid)
+        #expect(history.problem?.contains("history was rewritten") == true)
+
+        // An external checkpoint from another log (or a forged one) is refused.
+        let otherKeys = try testLogKeys(["k9"])
+        let forged = try Checkpoint(origin: otherKeys.origin, treeSize: 20, rootHash: kept.rootHash).signedNote(keyName: otherKeys.origin, key: try otherKeys.signer.key)
+        #expect(throws: KetenpoortError.self) { try AuditVerifier.verify(path: path, keys: verifiers, external: forged) }
+    }
+
+    @Test("a proof bundle verifies with only the public key; a changed entry, path or checkpoint does not")
+    func proofBundle() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 7, seconds: 3_600))
+        for i in 0..<30 { _ = try await log.append(drillRecord(i)) }
+        _ = try await log.checkpoint()
+        log.close()
+        let store = try SQLiteAuditStore(readingFrom: path)
+        let publicKeyText = try keys.verifierKeys.map(\.text)
+        let verifiers = try publicKeyText.map { try LogVerifierKey(parsing: $0) }
+        for sequence: Int64 in [1, 2, 16, 29, 30] {
+            let bundle = try AuditProver.prove(sequence: sequence, store: store)
+            let reparsed = try ProofBundle(json: try JSONParser.parse(bundle.json.serialized()))
+            #expect(try reparsed.verify(keys: verifiers).treeSize == 30)
+        }
+        let bundle = try AuditProver.prove(sequence: 16, store: store)
+        let changedEntry = ProofBundle(
+            sequence: 16, entry: bundle.entry!.replacingOccurrences(of: "\"n\":15", with: "\"n\":14"), leafHash: bundle.leafHash, treeSize: 30,
+            path: bundle.path, checkpoint: bundle.checkpoint)
+        #expect(throws: KetenpoortError.self) { try changedEntry.verify(keys: verifiers) }
+        var path2 = bundle.path
+        path2[0][0] ^= 1
+        let changedPath = ProofBundle(sequence: 16, entry: bundle.entry, leafHash: bundle.leafHash, treeSize: 30, path: path2, checkpoint: bundle.checkpoint)
+        #expect(throws: KetenpoortError.self) { try changedPath.verify(keys: verifiers) }
+        let moved = ProofBundle(sequence: 17, entry: bundle.entry, leafHash: bundle.leafHash, treeSize: 30, path: bundle.path, checkpoint: bundle.checkpoint)
+        #expect(throws: KetenpoortError.self) { try moved.verify(keys: verifiers) }
+        let otherKeys = try testLogKeys(["k2", "k3"]).verifierKeys
+        #expect(throws: KetenpoortError.self) { try bundle.verify(keys: [otherKeys[0]]) }
+        #expect(throws: KetenpoortError.self) { try LogVerifierKey(parsing: "name+00000000+AAAA") }
+    }
+
+    @Test("free text is sealed with the log key: the entry holds its hash, the text opens with the key and never lies in clear")
+    func sealedText() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let recorder = AuditRecorder(keys: keys)
+        let log = try AuditLog(path: path, signer: try keys.signer)
+        let comment = "Moeder heeft contact opgenomen; afweging conflict van plichten besproken met collega Jansen."
+        let sequence = try await log.append(try recorder.review(exchangeID: "ex-1", officer: "privacy-officer-zhz", outcome: "upheld", comment: comment))
+        log.close()
+        let store = try SQLiteAuditStore(readingFrom: path)
+        let body = try #require(try store.entry(sequence: sequence)?.body)
+        #expect(!body.contains("Jansen"))
+        let hash = try #require(try JSONParser.parse(body)["texts"]?["comment"]?.stringValue.flatMap(Hex.decode))
+        let sealed = try #require(try store.sealedText(hash: hash))
+        #expect(Crypto.sha256(sealed) == hash)
+        #expect(try keys.open(sealed) == comment)
+        #expect(throws: (any Error).self) { try testLogKeys(["other"]).open(sealed) }
+        let raw = try Data(contentsOf: URL(fileURLWithPath: path)) + ((try? Data(contentsOf: URL(fileURLWithPath: path + "-wal"))) ?? Data())
+        #expect(raw.range(of: Data("Jansen".utf8)) == nil)
+    }
+
+    @Test("retention erases expired details but keeps the hashes: chain, checkpoints and proofs still verify")
+    func retention() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 5, seconds: 3_600))
+        for i in 0..<12 {
+            var record = drillRecord(i)
+            record.retainUntil = i < 4 ? "2027-01-01" : "2046-01-01"
+            record.subjects = ["ps1.k1.subject\(i % 2)"]
+            _ = try await log.append(record)
+        }
+        _ = try await log.checkpoint()
+        let store = try SQLiteAuditStore(readingFrom: path)
+        let before = try AuditProver.prove(sequence: 2, store: store)
+        let dry = try await AuditRetention.run(log: log, store: store, today: "2027-06-01", dryRun: true)
+        #expect(dry.expired == 4 && dry.logSequence == nil)
+        let result = try await AuditRetention.run(log: log, store: store, today: "2027-06-01")
+        #expect(result.expired == 4)
+        #expect(result.logSequence == 13)
+        _ = try await log.checkpoint()
+        log.close()
+        for s: Int64 in 1...4 { #expect(try store.entry(sequence: s)?.body == nil) }
+        #expect(try store.entry(sequence: 5)?.body != nil)
+        var query = AuditQuery()
+        query.subjects = ["ps1.k1.subject0"]
+        var found: [Int64] = []
+        try store.entries(matching: query) { found.append($0.sequence); return true }
+        #expect(found == [5, 7, 9, 11])
+        let report = try AuditVerifier.verify(path: path, keys: try keys.verifierKeys)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.erasedEntries == 4)
+        // The proof made before erasure still verifies; a new one carries only the leaf hash.
+        #expect(throws: Never.self) { try before.verify(keys: try keys.verifierKeys) }
+        let after = try AuditProver.prove(sequence: 2, store: store)
+        #expect(after.entry == nil)
+        #expect(try after.verify(keys: try keys.verifierKeys).treeSize == 13)
+        // An erasure nobody recorded is tampering.
+        let db = try SQLiteDatabase(path: path)
+        try db.execute("UPDATE audit_entries SET body = NULL, erased_at = '2027-06-01' WHERE sequence = 6")
+        let tampered = try AuditVerifier.verify(path: path, keys: try keys.verifierKeys)
+        #expect(!tampered.isValid)
+        #expect(tampered.firstBadEntry == 6)
+    }
+}
