@@ -110,8 +110,12 @@ public protocol AuditStore: AnyObject {
 /// The audit log in SQLite (WAL), through the system libsqlite3.
 public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     // Used by one thread at a time: the writer thread, or one reader.
-    let database: SQLiteDatabase
+    private(set) var database: SQLiteDatabase
     private var cachedTail: AuditTail?
+    private let writable: (path: String, synchronous: SQLiteDatabase.Synchronous)?
+    /// After a failed write the connection may stay in SQLite's error state: the next write
+    /// opens a fresh one (the uncommitted WAL frames are ignored on open).
+    private var reopenBeforeNextWrite = false
 
     public static let schema = """
         CREATE TABLE IF NOT EXISTS audit_entries (
@@ -151,6 +155,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
 
     public init(path: String, synchronous: SQLiteDatabase.Synchronous = .full) throws {
         database = try SQLiteDatabase(path: path, synchronous: synchronous)
+        writable = (path, synchronous)
         try database.execute(SQLiteAuditStore.schema)
     }
 
@@ -160,6 +165,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist")
         }
         database = try SQLiteDatabase(path: path, readOnly: true)
+        writable = nil
         let check = try database.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'audit_entries'")
         _ = try check.step()
         guard check.int64(0) == 1 else {
@@ -217,6 +223,10 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     }
 
     public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+        if reopenBeforeNextWrite, let writable {
+            database = try SQLiteDatabase(path: writable.path, synchronous: writable.synchronous)
+            reopenBeforeNextWrite = false
+        }
         do {
             let batch = try database.transaction { () throws -> AuditBatch in
                 let batch = try build(try tail())
@@ -289,6 +299,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             return batch
         } catch {
             cachedTail = nil
+            reopenBeforeNextWrite = true
             throw error
         }
     }

@@ -97,7 +97,7 @@ public struct GatewayApplication: GatewayResponder {
         let promise = eventLoop.makePromise(of: GatewayResponse.self)
         promise.completeWithTask {
             if request.path == "/v1/reidentifications" { return await reidentify(request, caller: caller) }
-            return AuditAPI(audit: audit).respond(to: request, caller: caller)
+            return await AuditAPI(audit: audit).respond(to: request, caller: caller)
         }
         return promise.futureResult
     }

@@ -28,6 +28,14 @@ public final class GatewayAudit: Sendable {
                 "the gateway needs a master key file for the audit log (`keys:` or KETENPOORT_KEYS); create one with `ketenpoort keys init FILE`")
         }
         let ring = try KeyRing.load(path: try MasterKeySource.resolve(path: keyPath))
+        // A log file its owner may not write is a deliberate read-only log: refuse it, also when
+        // running as root (which would bypass the mode).
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: configuration.databasePath),
+            let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue, mode & 0o200 == 0
+        {
+            throw KetenpoortError(
+                .configuration, "the audit log `\(configuration.databasePath)` is read-only (mode \(String(mode, radix: 8))); the gateway must be able to write it")
+        }
         keys = try LogKeys(keys: ring, origin: configuration.audit.origin)
         recorder = AuditRecorder(keys: keys)
         databasePath = configuration.databasePath
@@ -55,7 +63,10 @@ public final class GatewayAudit: Sendable {
         } catch {
             failures.increment()
             health.set(GatewayAudit.healthCheck, ready: false)
-            logger.error("audit log write failed; refusing requests that need it", metadata: ["audit.kind": "\(record.kind)"])
+            // The storage message names the failure (SQLite's text), never the entry.
+            logger.error(
+                "audit log write failed; refusing requests that need it",
+                metadata: ["audit.kind": "\(record.kind)", "error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
             throw KetenpoortError(.auditUnavailable, "the audit log cannot be written; the request was not carried out")
         }
     }
