@@ -1,5 +1,6 @@
 import Foundation
 import KetenpoortCore
+import KetenpoortCrypto
 import KetenpoortStore
 
 #if canImport(Glibc)
@@ -17,14 +18,65 @@ public enum AuditBenchmark {
         public let filesystem: String
     }
 
-    static func record(_ i: Int) -> AuditRecord {
-        AuditRecord(kind: "exchange_permitted", members: [
+    static func record(_ i: Int, subject: String = "ps1.k1.AxFGaT_q4y_IypHDhZximyN49HuimvZIBV4PnlWwnAk") -> AuditRecord {
+        AuditRecord(kind: "exchange-permitted", members: [
             ("exchangeId", .string("ex-\(i)")), ("caseTable", "mda-zhz"), ("sender", "wijkteam-dordrecht"), ("recipient", "veilig-thuis-zhz"),
             ("purpose", "safety-assessment"), ("basis", ["type": "consent", "consentIds": ["c-1"]]), ("decision", "permit"),
             ("rules", ["local-team-asks-vt-assessment"]), ("policyVersion", "sha256:2cd392013b2cdaac"),
             ("released", ["identity.bsn", "identity.name", "concern_signal.summary"]), ("withheld", ["health.diagnosis"]),
-            ("subjects", ["ps1.k1.AxFGaT_q4y_IypHDhZximyN49HuimvZIBV4PnlWwnAk"]),
-        ])
+            ("categoriesReleased", ["concern_signal", "identity"]), ("review", "none"), ("informSubjectBy", "2026-05-29"),
+        ], subjects: [subject], retainUntil: "2046-05-01")
+    }
+
+    public struct ReportResult: Sendable {
+        public let entries: Int
+        public let personEntries: Int
+        public let medianMilliseconds: Double
+        public let p95Milliseconds: Double
+        public let loadSeconds: Double
+    }
+
+    /// A subject report (with every inclusion proof built and verified) over a log of `entries`
+    /// entries, `personEntries` of them about the person; median and p95 of `runs` reports.
+    public static func subjectReport(directory: String, entries: Int, personEntries: Int, keys: LogKeys, runs: Int = 30) throws -> ReportResult {
+        let path = directory + "/bench-report-\(entries).db"
+        let person = try keys.subjectPseudonyms(try BSN("999990019"))[0]  // a test-range BSN
+        let clock = ContinuousClock()
+        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        var loadSeconds = 0.0
+        if !FileManager.default.fileExists(atPath: path) {
+            let pseudonymiser = Pseudonymiser(keys: keys.keys)
+            let every = max(1, entries / max(1, personEntries))
+            let start = clock.now
+            let store = try SQLiteAuditStore(path: path, synchronous: .off)
+            var chunk: [AuditRecord] = []
+            chunk.reserveCapacity(100_000)
+            for i in 0..<entries {
+                // Everyone else: pseudonyms of synthetic values (no BSN, nobody real).
+                let subject = i % every == every / 2 ? person : try pseudonymiser.pseudonym(of: "bench-\(i % 200_000)", domain: Pseudonymiser.logDomain)
+                chunk.append(record(i, subject: subject))
+                if chunk.count == 100_000 || i == entries - 1 {
+                    try AuditLog.bulkLoad(chunk, into: store, signer: i == entries - 1 ? try keys.signer : nil)
+                    chunk.removeAll(keepingCapacity: true)
+                }
+            }
+            loadSeconds = seconds(clock.now - start)
+        }
+        let verifiers = try keys.verifierKeys
+        var times: [Double] = []
+        var found = 0
+        for _ in 0..<runs {
+            let start = clock.now
+            let store = try SQLiteAuditStore(readingFrom: path)
+            let report = try SubjectReport.build(store: store, pseudonyms: try keys.subjectPseudonyms(try BSN("999990019")))
+            for item in report.items { try item.proof?.verify(keys: verifiers) }
+            times.append(seconds(clock.now - start) * 1000)
+            found = report.items.count
+        }
+        times.sort()
+        return ReportResult(
+            entries: entries, personEntries: found, medianMilliseconds: times[times.count / 2],
+            p95Milliseconds: times[min(times.count - 1, times.count * 95 / 100)], loadSeconds: loadSeconds)
     }
 
     /// Appends `entries` records from `writers` concurrent tasks; returns appends per second.

@@ -188,20 +188,8 @@ public final class AuditLog: @unchecked Sendable {
             let now = Date()
             let time = AuditClock.timestamp(now)
             let written = try store.append { start in
-                var tail = start
-                var result = AuditBatch(tail: tail)
-                result.entries.reserveCapacity(batch.count)
-                for (record, _) in batch {
-                    let sequence = tail.size + 1
-                    let body = AuditLog.canonical(record, sequence: sequence, time: time)
-                    let leaf = MerkleTree.leafHash(Array(body.utf8))
-                    tail.chain = Crypto.sha256(tail.chain + leaf)
-                    result.nodes.append(contentsOf: tail.push(leaf: leaf))
-                    result.entries.append((sequence, time, record.kind, record.retainUntil, body, leaf, tail.chain))
-                    for subject in record.subjects { result.subjects.append((subject, sequence)) }
-                    for text in record.texts { result.texts.append((Crypto.sha256(text.sealed), sequence, text.sealed)) }
-                    result.erase.append(contentsOf: record.erases)
-                }
+                var result = AuditLog.batch(batch.map(\.0), after: start, time: time)
+                var tail = result.tail
                 if dueCheckpoint(tail, now: now, force: forceCheckpoint), let signer {
                     let checkpoint = try signer.sign(treeSize: tail.size, root: tail.root, time: time)
                     result.checkpoint = checkpoint
@@ -221,6 +209,46 @@ public final class AuditLog: @unchecked Sendable {
             let failure = KetenpoortError(.auditUnavailable, "the audit log cannot be written: \((error as? KetenpoortError)?.message ?? "storage error")")
             for (_, continuation) in batch { continuation.resume(throwing: failure) }
             for r in requests { r.resume(throwing: failure) }
+        }
+    }
+
+    /// Numbers, hashes and chains `records` after `tail`: the rows one group commit writes.
+    static func batch(_ records: [AuditRecord], after start: AuditTail, time: String) -> AuditBatch {
+        var tail = start
+        var result = AuditBatch(tail: tail)
+        result.entries.reserveCapacity(records.count)
+        for record in records {
+            let sequence = tail.size + 1
+            let body = AuditLog.canonical(record, sequence: sequence, time: time)
+            let leaf = MerkleTree.leafHash(Array(body.utf8))
+            tail.chain = Crypto.sha256(tail.chain + leaf)
+            result.nodes.append(contentsOf: tail.push(leaf: leaf))
+            result.entries.append((sequence, time, record.kind, record.retainUntil, body, leaf, tail.chain))
+            for subject in record.subjects { result.subjects.append((subject, sequence)) }
+            for text in record.texts { result.texts.append((Crypto.sha256(text.sealed), sequence, text.sealed)) }
+            result.erase.append(contentsOf: record.erases)
+        }
+        result.tail = tail
+        return result
+    }
+
+    /// Loads many records in large transactions without the writer thread (benchmarks, imports).
+    public static func bulkLoad(_ records: [AuditRecord], into store: AuditStore, signer: CheckpointSigner?) throws {
+        let time = AuditClock.timestamp()
+        var start = 0
+        while start < records.count {
+            let chunk = Array(records[start..<min(records.count, start + 20_000)])
+            start += chunk.count
+            let last = start == records.count
+            _ = try store.append { tail in
+                var result = batch(chunk, after: tail, time: time)
+                if last, let signer {
+                    result.checkpoint = try signer.sign(treeSize: result.tail.size, root: result.tail.root, time: time)
+                    result.tail.checkpointSize = result.tail.size
+                    result.tail.checkpointTime = Date()
+                }
+                return result
+            }
         }
     }
 

@@ -116,6 +116,18 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     /// After a failed write the connection may stay in SQLite's error state: the next write
     /// opens a fresh one (the uncommitted WAL frames are ignored on open).
     private var reopenBeforeNextWrite = false
+    /// Prepared point lookups (proofs make many), reset before each use.
+    private var lookups: [String: SQLiteStatement] = [:]
+
+    private func lookup(_ sql: String) throws -> SQLiteStatement {
+        if let statement = lookups[sql] {
+            statement.reset()
+            return statement
+        }
+        let statement = try database.prepare(sql)
+        lookups[sql] = statement
+        return statement
+    }
 
     public static let schema = """
         CREATE TABLE IF NOT EXISTS audit_entries (
@@ -209,21 +221,24 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     public func node(level: Int, position: Int64) throws -> [UInt8] {
         let statement: SQLiteStatement
         if level == 0 {
-            statement = try database.prepare("SELECT leaf_hash FROM audit_entries WHERE sequence = ?")
+            statement = try lookup("SELECT leaf_hash FROM audit_entries WHERE sequence = ?")
             statement.bind(1, position + 1)
         } else {
-            statement = try database.prepare("SELECT hash FROM audit_tree WHERE level = ? AND position = ?")
+            statement = try lookup("SELECT hash FROM audit_tree WHERE level = ? AND position = ?")
             statement.bind(1, Int64(level))
             statement.bind(2, position)
         }
         guard try statement.step(), let hash = statement.blob(0), hash.count == 32 else {
+            statement.reset()
             throw KetenpoortError(.storageCorrupt, "the audit log's tree lacks node \(level)/\(position)")
         }
+        statement.reset()
         return hash
     }
 
     public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
         if reopenBeforeNextWrite, let writable {
+            lookups = [:]
             database = try SQLiteDatabase(path: writable.path, synchronous: writable.synchronous)
             reopenBeforeNextWrite = false
         }

@@ -24,21 +24,30 @@ public enum AuditVerifier {
     }
 
     static let sequenceKey = Array("\"sequence\":".utf8)
+    static let retentionKind = Array(AuditKind.retention.rawValue.utf8)
+
+    static func equal32(_ stored: UnsafeRawBufferPointer, _ hash: [UInt8]) -> Bool {
+        stored.count == 32 && hash.count == 32 && hash.withUnsafeBytes { memcmp(stored.baseAddress!, $0.baseAddress!, 32) == 0 }
+    }
+
+    static func equal(_ stored: UnsafeRawBufferPointer, _ bytes: [UInt8]) -> Bool {
+        stored.count == bytes.count && bytes.withUnsafeBytes { stored.count == 0 || memcmp(stored.baseAddress!, $0.baseAddress!, bytes.count) == 0 }
+    }
 
     /// Whether a canonical entry carries `"sequence":N` for this N.
     static func carries(sequence: Int64, _ body: UnsafeRawBufferPointer) -> Bool {
         let keyCount = sequenceKey.count
-        guard body.count > keyCount else { return false }
+        guard body.count > keyCount, let base = body.baseAddress else { return false }
+        // From the end: keys are sorted, so `sequence` comes after most of them.
         var start = -1
         sequenceKey.withUnsafeBytes { key in
-            let first = key[0]
-            var i = 0
-            while i <= body.count - keyCount {
-                if body[i] == first && memcmp(body.baseAddress! + i, key.baseAddress!, keyCount) == 0 {
+            var i = body.count - keyCount
+            while i >= 0 {
+                if body[i] == 0x22 && body[i + 1] == 0x73 && memcmp(base + i, key.baseAddress!, keyCount) == 0 {
                     start = i
                     return
                 }
-                i += 1
+                i -= 1
             }
         }
         guard start >= 0 else { return false }
@@ -55,20 +64,30 @@ public enum AuditVerifier {
 
     /// Verifies the log in `path`. With `keys`, every stored checkpoint's signature is checked
     /// and `external` (a checkpoint note kept elsewhere) can be checked; without, only roots.
-    public static func verify(path: String, keys: [LogVerifierKey]? = nil, external: String? = nil) throws -> Report {
+    /// A large log is checked in two halves on two threads: the chain is split at a power of two
+    /// (the second half starts from the stored chain hash the first half verifies) and the tree
+    /// heads above the split are `H(root of the first half, root of the rest)` (RFC 9162).
+    public static func verify(path: String, keys: [LogVerifierKey]? = nil, external: String? = nil, splitFrom: Int64 = 1 << 16) throws -> Report {
         let store = try SQLiteAuditStore(readingFrom: path)
-        let db = store.database
         var externalCheckpoint: Checkpoint?
         if let external {
             guard let keys else { throw KetenpoortError(.invalidInput, "checking a checkpoint needs the log's public key (`--public-key` or `--keys`)") }
             externalCheckpoint = try Checkpoint.verify(note: external, keys: keys)
         }
-        var checkpoints: [StoredCheckpoint] = []
-        do { checkpoints = try store.checkpoints() } catch let error as KetenpoortError {
-            return Report(entries: 0, treeHead: MerkleTree.emptyRoot, firstBadEntry: 1, problem: "the database is unreadable or corrupt: \(error.message)")
-        }
         var report = Report(entries: 0, treeHead: MerkleTree.emptyRoot)
         report.signaturesChecked = keys != nil
+        var checkpoints: [StoredCheckpoint] = []
+        var lastSequence: Int64 = 0
+        do {
+            checkpoints = try store.checkpoints()
+            let max = try store.database.prepare("SELECT coalesce(max(sequence), 0) FROM audit_entries")
+            _ = try max.step()
+            lastSequence = max.int64(0)
+        } catch let error as KetenpoortError {
+            report.firstBadEntry = 1
+            report.problem = "the database is unreadable or corrupt: \(error.message)"
+            return report
+        }
         // Tree heads to compare, in order of size: stored checkpoints and the external one.
         var heads: [(size: Int64, root: [UInt8], what: String)] = []
         for c in checkpoints {
@@ -88,52 +107,145 @@ public enum AuditVerifier {
         }
         if let e = externalCheckpoint { heads.append((e.treeSize, e.rootHash, "the checkpoint kept elsewhere (tree size \(e.treeSize))")) }
         heads.sort { $0.size < $1.size }
-        var nextHead = 0
 
-        let hasher = SHA256Hasher()
-        var frontier: [(level: Int, hash: [UInt8])] = []
-        var chain = [UInt8](repeating: 0, count: 32)
+        // Split at the largest power of two below the size, for logs worth two threads.
+        var split: Int64 = 0
+        if lastSequence >= max(2, splitFrom) {
+            split = 1
+            while split << 1 < lastSequence { split <<= 1 }
+        }
+        let sizes = heads.map(\.size)
+        let first = RangeScan(path: path, from: 1, through: split > 0 ? split : nil, previousChain: [UInt8](repeating: 0, count: 32), rootsAt: sizes)
+        var second: RangeScan?
+        if split > 0 {
+            let chainAtSplit: [UInt8]
+            do {
+                let statement = try store.database.prepare("SELECT chain_hash FROM audit_entries WHERE sequence = ?")
+                statement.bind(1, split)
+                chainAtSplit = try statement.step() ? (statement.blob(0) ?? []) : []
+            } catch {
+                chainAtSplit = []
+            }
+            second = RangeScan(path: path, from: split + 1, through: nil, previousChain: chainAtSplit, rootsAt: sizes)
+        }
+        if let second {
+            let thread = Thread { second.run() }
+            thread.start()
+            first.run()
+            second.done.wait()
+        } else {
+            first.run()
+        }
+
+        var problems: [(Int64, String)] = []
+        if let b = first.bad { problems.append(b) }
+        if split > 0, first.bad == nil, first.last != split {
+            problems.append((first.last + 1, "entry \(first.last + 1) is missing"))
+        }
+        if let second, let b = second.bad { problems.append(b) }
+        let total = second.map { $0.last } ?? first.last
+        let firstRoot = first.root()
+        func root(at size: Int64) -> [UInt8]? {
+            if size == 0 { return MerkleTree.emptyRoot }
+            if split == 0 || size <= split { return first.roots[size] }
+            guard let rest = second?.roots[size] else { return nil }
+            return MerkleTree.nodeHash(firstRoot, rest)
+        }
+        for head in heads {
+            if head.size > total {
+                problems.append((total + 1, "the log has \(total) entries but \(head.what) covers \(head.size): the log was cut off"))
+                break
+            }
+            guard let computed = root(at: head.size), computed == head.root else {
+                problems.append((head.size, "the entries up to \(head.size) do not match \(head.what): history was rewritten"))
+                break
+            }
+            report.checkpointsVerified += 1
+        }
+        let erased = first.erased + (second?.erased ?? [])
+        let erasures = first.erasures + (second?.erasures ?? [])
+        for sequence in erased where !erasures.contains(where: { $0.contains(sequence) }) {
+            problems.append((sequence, "entry \(sequence) was erased without a retention entry that records it"))
+            break
+        }
+        report.entries = total
+        report.treeHead = root(at: total) ?? MerkleTree.emptyRoot
+        report.erasedEntries = Int64(erased.count)
+        if let earliest = problems.min(by: { $0.0 < $1.0 }) {
+            report.firstBadEntry = earliest.0
+            report.problem = earliest.1
+            report.entries = max(0, earliest.0 - 1)
+            report.checkpointsVerified = heads.filter { $0.size < earliest.0 }.count
+        }
+        return report
+    }
+}
+
+/// One pass over the entries from `from` (through `through`, or to the end): leaf hashes,
+/// own sequence numbers, the chain from `previousChain`, the tree of this range as a binary
+/// counter, and its roots at the requested sizes.
+final class RangeScan: @unchecked Sendable {
+    let path: String
+    let from: Int64
+    let through: Int64?
+    let previousChain: [UInt8]
+    let rootsAt: Set<Int64>
+    let done = DispatchSemaphore(value: 0)
+    var bad: (Int64, String)?
+    var erased: [Int64] = []
+    var erasures: [ClosedRange<Int64>] = []
+    var last: Int64
+    var roots: [Int64: [UInt8]] = [:]
+    private let hasher = SHA256Hasher()
+    private var levels = [[UInt8]](repeating: [UInt8](repeating: 0, count: 32), count: 64)
+    private var occupied: UInt64 = 0
+    private static let nodePrefix: [UInt8] = [0x01]
+
+    init(path: String, from: Int64, through: Int64?, previousChain: [UInt8], rootsAt: [Int64]) {
+        self.path = path
+        self.from = from
+        self.through = through
+        self.previousChain = previousChain
+        self.rootsAt = Set(rootsAt)
+        self.last = from - 1
+    }
+
+    /// The root of this range's tree so far (RFC 9162 MTH of the range).
+    func root() -> [UInt8] {
+        guard occupied != 0 else { return MerkleTree.emptyRoot }
+        var acc: [UInt8]? = nil
+        for level in 0..<64 where occupied & (1 << UInt64(level)) != 0 {
+            acc = acc.map { hasher.hash(RangeScan.nodePrefix, levels[level], $0) } ?? levels[level]
+        }
+        return acc!
+    }
+
+    func run() {
+        defer { done.signal() }
+        var chain = previousChain
         var leaf = [UInt8](repeating: 0, count: 32)
         var next = [UInt8](repeating: 0, count: 32)
-        var expected: Int64 = 1
-        var erased: [Int64] = []
-        var erasures: [ClosedRange<Int64>] = []
+        var carry = [UInt8](repeating: 0, count: 32)
+        var scratch = [UInt8](repeating: 0, count: 32)
         let leafPrefix: [UInt8] = [0x00]
-        let nodePrefix: [UInt8] = [0x01]
-        func root() -> [UInt8] {
-            guard var acc = frontier.last?.hash else { return MerkleTree.emptyRoot }
-            for node in frontier.dropLast().reversed() { acc = hasher.hash(nodePrefix, node.hash, acc) }
-            return acc
-        }
-        func bad(_ sequence: Int64, _ why: String) -> Report {
-            report.entries = expected - 1
-            report.treeHead = root()
-            report.firstBadEntry = sequence
-            report.problem = why
-            return report
-        }
-        func checkHeads() -> Report? {
-            while nextHead < heads.count, heads[nextHead].size == expected - 1 {
-                guard root() == heads[nextHead].root else {
-                    return bad(expected - 1, "the entries up to \(expected - 1) do not match \(heads[nextHead].what): history was rewritten")
-                }
-                report.checkpointsVerified += 1
-                nextHead += 1
-            }
-            return nil
-        }
+        var expected = from
         do {
-            if let failed = checkHeads() { return failed }
-            let rows = try db.prepare("SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries ORDER BY sequence")
+            let db = try SQLiteDatabase(path: path, readOnly: true)
+            // One sequential pass: map the file instead of copying every page through read().
+            try? db.execute("PRAGMA mmap_size = 1073741824")
+            let upper = through.map { " AND sequence <= \($0)" } ?? ""
+            let rows = try db.prepare(
+                "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
             while try rows.step() {
                 let sequence = rows.int64(0)
                 guard sequence == expected else {
-                    return bad(expected, sequence > expected ? "entry \(expected) is missing" : "sequence out of order")
+                    bad = (expected, sequence > expected ? "entry \(expected) is missing" : "sequence out of order")
+                    return
                 }
                 if rows.isNull(1) {
                     // Erased at retention: only its hashes stay; a later retention entry must say so.
-                    guard !rows.isNull(5) else { return bad(sequence, "entry \(sequence) has no content and was not erased at retention") }
-                    guard let stored = rows.blob(2), stored.count == 32 else { return bad(sequence, "entry \(sequence) has no leaf hash") }
+                    guard !rows.isNull(5) else { bad = (sequence, "entry \(sequence) has no content and was not erased at retention"); return }
+                    guard let stored = rows.blob(2), stored.count == 32 else { bad = (sequence, "entry \(sequence) has no leaf hash"); return }
                     leaf = stored
                     erased.append(sequence)
                 } else {
@@ -143,10 +255,12 @@ public enum AuditVerifier {
                     rows.withBytes(1) { body in
                         leafPrefix.withUnsafeBytes { prefix in leaf.withUnsafeMutableBufferPointer { hasher.hash(prefix, body, into: $0.baseAddress!) } }
                     }
-                    let leafMatches = rows.withBytes(2) { stored in stored.elementsEqual(leaf) }
-                    guard leafMatches else { return bad(sequence, "entry \(sequence) was changed: its hash does not match its content") }
-                    guard ownSequence else { return bad(sequence, "entry \(sequence) does not carry its own sequence number (moved or swapped)") }
-                    if rows.string(4) == "retention", let body = rows.string(1), let ranges = (try? JSONParser.parse(body))?["erases"]?.arrayValue {
+                    let leafMatches = rows.withBytes(2) { stored in AuditVerifier.equal32(stored, leaf) }
+                    guard leafMatches else { bad = (sequence, "entry \(sequence) was changed: its hash does not match its content"); return }
+                    guard ownSequence else { bad = (sequence, "entry \(sequence) does not carry its own sequence number (moved or swapped)"); return }
+                    if rows.withBytes(4, { AuditVerifier.equal($0, AuditVerifier.retentionKind) }), let body = rows.string(1),
+                        let ranges = (try? JSONParser.parse(body))?["erases"]?.arrayValue
+                    {
                         for r in ranges {
                             if let pair = r.arrayValue, pair.count == 2, let a = pair[0].intValue, let b = pair[1].intValue, a <= b {
                                 erasures.append(Int64(a)...Int64(b))
@@ -158,34 +272,32 @@ public enum AuditVerifier {
                     leaf.withUnsafeBytes { leafBytes in next.withUnsafeMutableBufferPointer { hasher.hash(previous, leafBytes, into: $0.baseAddress!) } }
                 }
                 swap(&chain, &next)
-                let chainMatches = rows.withBytes(3) { stored in stored.elementsEqual(chain) }
-                guard chainMatches else { return bad(sequence, "entry \(sequence) breaks the hash chain") }
-                frontier.append((0, leaf))
-                while frontier.count >= 2, frontier[frontier.count - 1].level == frontier[frontier.count - 2].level {
-                    let right = frontier.removeLast()
-                    let left = frontier.removeLast()
-                    frontier.append((left.level + 1, hasher.hash(nodePrefix, left.hash, right.hash)))
+                let chainMatches = rows.withBytes(3) { stored in AuditVerifier.equal32(stored, chain) }
+                guard chainMatches else { bad = (sequence, "entry \(sequence) breaks the hash chain"); return }
+                // The tree as a binary counter: `levels[l]` holds the root of a complete subtree of
+                // 2^l leaves while bit l of the count is set (no allocation per entry).
+                carry.withUnsafeMutableBytes { c in leaf.withUnsafeBytes { c.copyMemory(from: $0) } }
+                var level = 0
+                while occupied & (1 << UInt64(level)) != 0 {
+                    RangeScan.nodePrefix.withUnsafeBytes { prefix in
+                        levels[level].withUnsafeBytes { left in
+                            carry.withUnsafeBytes { right in scratch.withUnsafeMutableBufferPointer { hasher.hash(prefix, left, right, into: $0.baseAddress!) } }
+                        }
+                    }
+                    swap(&carry, &scratch)
+                    occupied &= ~(1 << UInt64(level))
+                    level += 1
                 }
+                levels[level].withUnsafeMutableBytes { l in carry.withUnsafeBytes { l.copyMemory(from: $0) } }
+                occupied |= 1 << UInt64(level)
+                last = sequence
                 expected += 1
-                if nextHead < heads.count, heads[nextHead].size == sequence, let failed = checkHeads() { return failed }
+                if rootsAt.contains(sequence) { roots[sequence] = root() }
             }
         } catch let error as KetenpoortError {
-            return bad(expected, "the database is unreadable or corrupt: \(error.message)")
+            bad = (expected, "the database is unreadable or corrupt: \(error.message)")
+        } catch {
+            bad = (expected, "the database is unreadable or corrupt")
         }
-        report.entries = expected - 1
-        report.treeHead = root()
-        report.erasedEntries = Int64(erased.count)
-        if nextHead < heads.count {
-            let head = heads[nextHead]
-            report.firstBadEntry = report.entries + 1
-            report.problem = "the log has \(report.entries) entries but \(head.what) covers \(head.size): the log was cut off"
-            return report
-        }
-        for sequence in erased where !erasures.contains(where: { $0.contains(sequence) }) {
-            report.firstBadEntry = sequence
-            report.problem = "entry \(sequence) was erased without a retention entry that records it"
-            return report
-        }
-        return report
     }
 }

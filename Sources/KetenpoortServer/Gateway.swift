@@ -30,7 +30,7 @@ public enum Gateway {
         health.setInfo("policy_version", state.snapshot.policyVersion)
         // The log is written before anything is answered: a log that cannot be opened or written
         // stops the start (fail closed).
-        let audit = try GatewayAudit(configuration: configuration, health: health, logger: logger)
+        let audit = try GatewayAudit(configuration: configuration, health: health, metrics: metrics, logger: logger)
         do {
             try await audit.recordStartup(policyVersion: state.snapshot.policyVersion)
         } catch {

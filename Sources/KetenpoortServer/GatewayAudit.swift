@@ -3,7 +3,6 @@ import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortCrypto
 import Logging
-import Metrics
 
 /// The gateway's side of the audit log: writes records before answers are sent, fails closed,
 /// and reports the log's health (`/health` is not ready while the log cannot be written).
@@ -14,14 +13,13 @@ public final class GatewayAudit: Sendable {
     public let databasePath: String
     let health: HealthRegistry
     let logger: Logger
-    let failures = Counter(label: "ketenpoort_audit_write_failures_total")
-    let appends = Counter(label: "ketenpoort_audit_entries_total")
+    let metrics: GatewayMetrics
     private let reader = NSLock()
     nonisolated(unsafe) private var readStore: SQLiteAuditStore?
 
     public static let healthCheck = "audit_log"
 
-    public init(configuration: GatewayConfiguration, health: HealthRegistry, logger: Logger) throws {
+    public init(configuration: GatewayConfiguration, health: HealthRegistry, metrics: GatewayMetrics, logger: Logger) throws {
         guard let keyPath = configuration.masterKeyPath else {
             throw KetenpoortError(
                 .configuration,
@@ -47,6 +45,7 @@ public final class GatewayAudit: Sendable {
             throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be opened for writing: \(error.message)")
         }
         self.health = health
+        self.metrics = metrics
         self.logger = logger
         health.set(GatewayAudit.healthCheck, ready: true)
     }
@@ -57,11 +56,11 @@ public final class GatewayAudit: Sendable {
     public func record(_ record: AuditRecord) async throws -> Int64 {
         do {
             let sequence = try await log.append(record)
-            appends.increment()
+            metrics.auditEntries.increment()
             health.set(GatewayAudit.healthCheck, ready: true)
             return sequence
         } catch {
-            failures.increment()
+            metrics.auditWriteFailures.increment()
             health.set(GatewayAudit.healthCheck, ready: false)
             // The storage message names the failure (SQLite's text), never the entry.
             logger.error(

@@ -19,6 +19,8 @@ public final class GatewayMetrics: Sendable {
     public let tlsReloadsFailed: Metrics.Counter
     public let policyReloadsSucceeded: Metrics.Counter
     public let policyReloadsFailed: Metrics.Counter
+    public let auditEntries: Metrics.Counter
+    public let auditWriteFailures: Metrics.Counter
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -37,6 +39,8 @@ public final class GatewayMetrics: Sendable {
         tlsReloadsFailed = Metrics.Counter(label: "ketenpoort_tls_reloads_total", dimensions: [("result", "failed")], factory: factory)
         policyReloadsSucceeded = Metrics.Counter(label: "ketenpoort_policy_reloads_total", dimensions: [("result", "ok")], factory: factory)
         policyReloadsFailed = Metrics.Counter(label: "ketenpoort_policy_reloads_total", dimensions: [("result", "failed")], factory: factory)
+        auditEntries = Metrics.Counter(label: "ketenpoort_audit_entries_total", factory: factory)
+        auditWriteFailures = Metrics.Counter(label: "ketenpoort_audit_write_failures_total", factory: factory)
         openConnections.record(0)
     }
 

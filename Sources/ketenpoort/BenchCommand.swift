@@ -137,9 +137,12 @@ struct BenchLog: AsyncParsableCommand {
     @Option(help: "Directory for the benchmark databases (a temporary one by default).") var dir: String?
     @Option(help: "Entries per measurement.") var entries: Int = 20_000
     @Option(help: "Concurrent writers.") var writers: Int = 64
+    @Option(name: .customLong("report-entries"), help: "Entries in the log the subject report runs over (0: skip).") var reportEntries: Int = 1_000_000
+    @Option(name: .customLong("person-entries"), help: "Entries about the person in that log.") var personEntries: Int = 20
 
     func run() async throws {
         let directory = dir ?? NSTemporaryDirectory() + "ketenpoort-bench-log-\(getpid())"
+        defer { if dir == nil { try? FileManager.default.removeItem(atPath: directory) } }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let r = try await AuditBenchmark.run(directory: directory, entries: entries, writers: writers)
         print(String(format: "durable appends/s (WAL, synchronous=FULL, group commit, %d writers)  %10.0f", writers, r.durableAppendsPerSecond))
@@ -147,5 +150,20 @@ struct BenchLog: AsyncParsableCommand {
         print(String(format: "ratio                                                                %10.3f  (goal >= 0.5)", r.durableAppendsPerSecond / r.unsyncedAppendsPerSecond))
         print(String(format: "log verify entries/s                                                 %10.0f  (goal >= 500000)", r.verifyEntriesPerSecond))
         print(String(format: "fsync latency (4 KiB write + fsync, median)                          %10.0f us on %@", r.fsyncMedianMicroseconds, r.filesystem))
+        guard reportEntries > 0 else { return }
+        // A fixed benchmark key (never a real one): pseudonyms and checkpoint signatures.
+        let keys = try LogKeys(keys: try KeyRing(keys: [("k1", Crypto.sha256(Array("ketenpoort bench log key".utf8)))]), origin: "bench.ketenpoort.example/audit")
+        let report = try AuditBenchmark.subjectReport(directory: directory, entries: reportEntries, personEntries: personEntries, keys: keys)
+        if report.loadSeconds > 0 {
+            print(String(format: "built a log of %d entries (bulk load, synchronous=OFF) in            %10.1f s", report.entries, report.loadSeconds))
+        }
+        print(String(format: "subject report over %d entries, %d about the person, proofs checked: median %.1f ms, p95 %.1f ms  (goal <= 50 ms)",
+                     report.entries, report.personEntries, report.medianMilliseconds, report.p95Milliseconds))
+        let clock = ContinuousClock()
+        let start = clock.now
+        let verified = try AuditVerifier.verify(path: directory + "/bench-report-\(reportEntries).db", keys: try keys.verifierKeys)
+        let elapsed = clock.now - start
+        let rate = Double(verified.entries) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        print(String(format: "log verify over those %d entries (chain, tree, signed checkpoint): %10.0f entries/s  (goal >= 500000)", verified.entries, rate))
     }
 }

@@ -83,6 +83,12 @@ struct Demo: AsyncParsableCommand {
 
                   curl \(addresses.operationsURL)/metrics
 
+                The audit log (every start, reload and re-identification, durable before answered):
+
+                  .build/debug/ketenpoort log query --db \(displayed)/ketenpoort.db
+                  .build/debug/ketenpoort log public-key --keys \(displayed)/keys > log.pub
+                  .build/debug/ketenpoort log verify --db \(displayed)/ketenpoort.db --public-key log.pub
+
                 The policies of the region, their tests, and one decision explained:
 
                   .build/debug/ketenpoort policy test Policies

@@ -117,6 +117,38 @@ struct CheckpointAndProofTests {
         #expect(throws: KetenpoortError.self) { try AuditVerifier.verify(path: path, keys: verifiers, external: forged) }
     }
 
+    @Test("verifying in two halves on two threads finds the same tree heads and the same first bad entry")
+    func twoHalves() async throws {
+        let keys = try testLogKeys()
+        let verifiers = try keys.verifierKeys
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 9, seconds: 3_600))
+        for i in 0..<100 { _ = try await log.append(drillRecord(i)) }
+        let kept = try #require(try await log.checkpoint())
+        log.close()
+        let whole = try AuditVerifier.verify(path: path, keys: verifiers, external: kept.note, splitFrom: 1_000_000)
+        let halves = try AuditVerifier.verify(path: path, keys: verifiers, external: kept.note, splitFrom: 8)
+        #expect(whole.isValid && halves.isValid)
+        #expect(halves.treeHead == whole.treeHead)
+        #expect(halves.checkpointsVerified == whole.checkpointsVerified)
+        #expect(halves.checkpointsVerified >= 12)
+        for (sql, first) in [
+            ("UPDATE audit_entries SET body = replace(body, '\"n\":70', '\"n\":71') WHERE sequence = 71", Int64(71)),
+            ("DELETE FROM audit_entries WHERE sequence = 64", 64),
+            ("DELETE FROM audit_entries WHERE sequence = 90", 90),
+            ("UPDATE audit_entries SET body = replace(body, '\"n\":20', '\"n\":21') WHERE sequence = 21", 21),
+        ] {
+            let copy = temporaryLogPath()
+            try FileManager.default.copyItem(atPath: path, toPath: copy)
+            if FileManager.default.fileExists(atPath: path + "-wal") { try FileManager.default.copyItem(atPath: path + "-wal", toPath: copy + "-wal") }
+            try SQLiteDatabase(path: copy).execute(sql)
+            let a = try AuditVerifier.verify(path: copy, keys: verifiers, splitFrom: 1_000_000)
+            let b = try AuditVerifier.verify(path: copy, keys: verifiers, splitFrom: 8)
+            #expect(a.firstBadEntry == first, "\(sql): \(a.problem ?? "")")
+            #expect(b.firstBadEntry == first, "\(sql): \(b.problem ?? "")")
+        }
+    }
+
     @Test("a proof bundle verifies with only the public key; a changed entry, path or checkpoint does not")
     func proofBundle() async throws {
         let keys = try testLogKeys()

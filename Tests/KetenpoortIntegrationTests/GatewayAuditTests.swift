@@ -117,6 +117,8 @@ struct GatewayAuditTests {
         let health = try operationsGet(port: gateway.operationsPort, path: "/health")
         #expect(health.status == 503)
         #expect(try JSONParser.parse(health.body)["checks"]?["audit_log"]?.boolValue == false)
+        let metrics = try operationsGet(port: gateway.operationsPort, path: "/metrics").body
+        #expect(metrics.contains("ketenpoort_audit_write_failures_total 3"), "\(metrics)")
 
         _ = try runProcess("/usr/bin/prlimit", ["--pid", String(gateway.pid), "--fsize=unlimited:unlimited"])
         let again = try await reidentify(client, token: token)
