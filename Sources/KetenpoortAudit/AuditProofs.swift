@@ -4,19 +4,27 @@ import KetenpoortCore
 /// RFC 9162 proofs from the stored tree: every hash a proof needs is the root of a perfect
 /// subtree (stored as it completed) or is folded from a few of them, so a proof costs
 /// O(log² n) lookups and no rebuild.
-public struct StoredTree {
+public final class StoredTree {
     let store: AuditStore
+    /// Subtree roots already looked up or folded: proofs of many entries against one tree head
+    /// share most of them (the right edge above all).
+    private var cache: [Int64: [Int64: [UInt8]]] = [:]
 
     public init(store: AuditStore) { self.store = store }
 
     /// MTH(D[start ..< start+size]) for a subtree that begins on a boundary RFC 9162 splits at.
     public func root(start: Int64, size: Int64) throws -> [UInt8] {
         precondition(size > 0)
+        if let hit = cache[start]?[size] { return hit }
+        let hash: [UInt8]
         if size & (size - 1) == 0, start % size == 0 {
-            return try store.node(level: size.trailingZeroBitCount, position: start / size)
+            hash = try store.node(level: size.trailingZeroBitCount, position: start / size)
+        } else {
+            let k = StoredTree.largestPowerOfTwo(below: size)
+            hash = MerkleTree.nodeHash(try root(start: start, size: k), try root(start: start + k, size: size - k))
         }
-        let k = StoredTree.largestPowerOfTwo(below: size)
-        return MerkleTree.nodeHash(try root(start: start, size: k), try root(start: start + k, size: size - k))
+        cache[start, default: [:]][size] = hash
+        return hash
     }
 
     static func largestPowerOfTwo(below n: Int64) -> Int64 {
@@ -108,6 +116,16 @@ public struct ProofBundle: Sendable {
     @discardableResult
     public func verify(keys: [LogVerifierKey]) throws -> Checkpoint {
         let checkpoint = try Checkpoint.verify(note: self.checkpoint, keys: keys)
+        try verifyInclusion(in: checkpoint)
+        return checkpoint
+    }
+
+    /// The checks after the signature: for many proofs against one checkpoint whose signature
+    /// was verified once (`checkpoint` must come from ``Checkpoint/verify(note:keys:)``).
+    public func verifyInclusion(in checkpoint: Checkpoint) throws {
+        guard Checkpoint.sameBody(self.checkpoint, as: checkpoint) else {
+            throw KetenpoortError(.invalidInput, "the proof is against another checkpoint")
+        }
         guard checkpoint.treeSize == treeSize else {
             throw KetenpoortError(.invalidInput, "the proof is for tree size \(treeSize) but its checkpoint is for \(checkpoint.treeSize)")
         }
@@ -122,7 +140,6 @@ public struct ProofBundle: Sendable {
         guard MerkleTree.verifyInclusion(leafHash: leafHash, index: Int(sequence - 1), treeSize: Int(treeSize), proof: path, root: checkpoint.rootHash) else {
             throw KetenpoortError(.invalidInput, "the inclusion path does not lead to the checkpoint's root hash")
         }
-        return checkpoint
     }
 }
 

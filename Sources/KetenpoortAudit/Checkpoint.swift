@@ -39,6 +39,11 @@ public struct Checkpoint: Sendable, Equatable {
         return body + "\n— \(keyName) \(Data(blob).base64EncodedString())\n"
     }
 
+    /// Whether `note` signs exactly `checkpoint`'s body.
+    public static func sameBody(_ note: String, as checkpoint: Checkpoint) -> Bool {
+        note.hasPrefix(checkpoint.body + "\n")
+    }
+
     /// Parses a note and checks its signature by `keyName` with `publicKey`.
     public static func verify(note: String, keyName: String, publicKey: Ed25519PublicKey) throws -> Checkpoint {
         let parts = note.components(separatedBy: "\n\n")

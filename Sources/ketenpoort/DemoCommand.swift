@@ -86,7 +86,7 @@ struct Demo: AsyncParsableCommand {
                 The audit log (every start, reload and re-identification, durable before answered):
 
                   .build/debug/ketenpoort log query --db \(displayed)/ketenpoort.db
-                  .build/debug/ketenpoort log public-key --keys \(displayed)/keys > log.pub
+                  .build/debug/ketenpoort log public-key --keys \(displayed)/keys --db \(displayed)/ketenpoort.db > log.pub
                   .build/debug/ketenpoort log verify --db \(displayed)/ketenpoort.db --public-key log.pub
 
                 The policies of the region, their tests, and one decision explained:

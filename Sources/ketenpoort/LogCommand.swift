@@ -16,16 +16,24 @@ struct LogCommand: ParsableCommand {
 /// The log's key options: the master key file (or KETENPOORT_KEYS) and the log's name.
 struct LogKeyOptions: ParsableArguments {
     @Option(help: "The master key file (default: $KETENPOORT_KEYS).") var keys: String?
-    @Option(help: "The log's name in checkpoints (the gateway's `audit.origin`).") var origin: String = LogKeys.defaultOrigin
+    @Option(help: "The log's name in checkpoints (the gateway's `audit.origin`; default: the name in the log's own checkpoints).")
+    var origin: String?
 
-    func load() throws -> LogKeys {
-        try LogKeys(keys: try KeyRing.load(path: try MasterKeySource.resolve(path: keys)), origin: origin)
+    /// The keys; the log's name from `--origin`, else from the newest checkpoint in `db`.
+    func load(db: String? = nil) throws -> LogKeys {
+        var name = origin
+        if name == nil, let db, FileManager.default.fileExists(atPath: db),
+            let note = try? SQLiteAuditStore(readingFrom: db).checkpoints().last?.note
+        {
+            name = note.split(separator: "\n").first.map(String.init)
+        }
+        return try LogKeys(keys: try KeyRing.load(path: try MasterKeySource.resolve(path: keys)), origin: name ?? LogKeys.defaultOrigin)
     }
 
     /// Keys when given (flag or environment); `nil` otherwise.
-    func loadIfGiven() throws -> LogKeys? {
+    func loadIfGiven(db: String? = nil) throws -> LogKeys? {
         guard keys != nil || ProcessInfo.processInfo.environment["KETENPOORT_KEYS"] != nil else { return nil }
-        return try load()
+        return try load(db: db)
     }
 }
 
@@ -54,7 +62,7 @@ struct LogVerify: ParsableCommand {
         var verifiers: [LogVerifierKey]?
         if let publicKey {
             verifiers = try LogVerifierKey.load(path: publicKey)
-        } else if let keys = try keyOptions.loadIfGiven() {
+        } else if let keys = try keyOptions.loadIfGiven(db: db) {
             verifiers = try keys.verifierKeys
         }
         var note: String?
@@ -122,7 +130,7 @@ struct LogFilterOptions: ParsableArguments {
         if subjectStdin {
             let bsn = try readSubjectBSN()
             // Turned into log pseudonyms in memory; the BSN is never stored or printed.
-            q.subjects = try keys.load().subjectPseudonyms(bsn)
+            q.subjects = try keys.load().subjectPseudonyms(bsn)  // pseudonyms do not depend on the log's name
         }
         return q
     }
@@ -192,7 +200,7 @@ struct LogSubjectReport: AsyncParsableCommand {
 
     func run() async throws {
         let bsn = try readSubjectBSN()
-        let keys = try keyOptions.load()
+        let keys = try keyOptions.load(db: db)
         guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
         // Sign a tree head over everything so far, so that every entry gets a proof.
         let log = try AuditLog(path: db, signer: try keys.signer)
@@ -200,10 +208,10 @@ struct LogSubjectReport: AsyncParsableCommand {
         log.close()
         let store = try SQLiteAuditStore(readingFrom: db)
         let report = try SubjectReport.build(store: store, pseudonyms: try keys.subjectPseudonyms(bsn))
-        let verifiers = try keys.verifierKeys
-        for item in report.items {
-            guard let proof = item.proof else { continue }
-            try proof.verify(keys: verifiers)
+        // Every proof is checked before the report is printed: the signature once, each path.
+        if let note = report.checkpoint {
+            let checkpoint = try Checkpoint.verify(note: note, keys: try keys.verifierKeys)
+            for item in report.items { try item.proof?.verifyInclusion(in: checkpoint) }
         }
         print(json ? report.json.serialized(sortedKeys: true) : report.text)
     }
@@ -217,7 +225,7 @@ struct LogCheckpoint: AsyncParsableCommand {
     @Option(help: "Also write the note to this file (for a partner to keep).") var out: String?
 
     func run() async throws {
-        let keys = try keyOptions.load()
+        let keys = try keyOptions.load(db: db)
         guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
         let log = try AuditLog(path: db, signer: try keys.signer)
         let checkpoint = try await log.checkpoint()
@@ -265,9 +273,10 @@ struct LogPublicKey: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "public-key", abstract: "Print the log's checkpoint verifier keys (one per master key id), for partners to keep.")
     @OptionGroup var keyOptions: LogKeyOptions
+    @Option(help: "Take the log's name from this database's checkpoints (instead of --origin).") var db: String?
 
     func run() throws {
-        for key in try keyOptions.load().verifierKeys { print(key.text) }
+        for key in try keyOptions.load(db: db).verifierKeys { print(key.text) }
     }
 }
 
@@ -286,7 +295,7 @@ struct LogRetention: AsyncParsableCommand {
             throw KetenpoortError(.invalidInput, "--today must be a day as YYYY-MM-DD")
         }
         guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
-        let keys = try keyOptions.loadIfGiven()
+        let keys = try keyOptions.loadIfGiven(db: db)
         let log = try AuditLog(path: db, signer: try keys?.signer)
         defer { log.close() }
         let result = try await AuditRetention.run(log: log, store: try SQLiteAuditStore(readingFrom: db), today: day, dryRun: dryRun)

@@ -195,3 +195,41 @@ struct GatewayAuditTests {
         #expect(lines.last?["previousPolicyVersion"]?.stringValue == before)
     }
 }
+
+/// `ketenpoort demo` end to end: the log it writes holds no BSN it was given.
+@Suite("Demo run: no personal data in the database files")
+struct DemoPersonalDataTests {
+    @Test("after a demo run with re-identifications of test BSNs, no BSN is in ketenpoort.db, -wal or -shm")
+    func demoDatabaseHoldsNoBSN() async throws {
+        let dir = temporaryDirectory("ketenpoort-demo-run")
+        let demo = try GatewayProcess(
+            directory: dir, configPath: dir + "/gateway.yaml",
+            arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", packageRoot + "/Policies"])
+        defer { demo.stop() }
+        // Test-range BSNs (999990000–999999999, 11-check), handed to the demo as tokens.
+        let bsns = ["999990019", "999990020", "999990032"]
+        let keys = try KeyRing.load(path: dir + "/keys")
+        let tokeniser = Tokeniser(keys: keys)
+        let pki = dir + "/pki/partners/ggz-zhz"
+        let client = try await TestHTTPSClient.connect(port: demo.port, cert: pki + ".crt", key: pki + ".key", ca: dir + "/pki/ca.crt")
+        for bsn in bsns {
+            let token = try tokeniser.token(of: bsn, domain: Pseudonymiser.recipientDomain(caseTable: "lokaal-dordrecht", recipient: "ggz-zhz"))
+            let answer = try await client.request(
+                "/v1/reidentifications", method: .POST, headers: [("content-type", "application/json")],
+                body: #"{"caseTable": "lokaal-dordrecht", "purpose": "handover", "token": "\#(token)"}"#)
+            #expect(answer.status == 200, "\(answer.body)")
+        }
+        await client.close()
+        #expect(demo.stop() == 0)
+        var scanned = 0
+        for suffix in ["", "-wal", "-shm"] {
+            guard let data = FileManager.default.contents(atPath: dir + "/ketenpoort.db" + suffix) else { continue }
+            scanned += data.count
+            for bsn in bsns { #expect(data.range(of: Data(bsn.utf8)) == nil, "BSN in ketenpoort.db\(suffix)") }
+        }
+        #expect(scanned > 0)
+        let verified = try ketenpoort(["log", "verify", "--db", dir + "/ketenpoort.db", "--keys", dir + "/keys"])
+        #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
+        #expect(verified.stdout.contains("4 entries verified"), "\(verified.stdout)")
+    }
+}

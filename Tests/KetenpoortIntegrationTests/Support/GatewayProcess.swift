@@ -14,9 +14,9 @@ final class GatewayProcess: @unchecked Sendable {
 
     /// Writes a configuration (the development PKI, `Policies/`, ports chosen by the kernel) with
     /// `extra` YAML appended, and starts `ketenpoort serve`.
-    init(extraConfiguration: String = "", tlsSection: String? = nil, policies: String? = nil) throws {
-        directory = temporaryDirectory("ketenpoort-gateway")
-        configPath = directory + "/gateway.yaml"
+    convenience init(extraConfiguration: String = "", tlsSection: String? = nil, policies: String? = nil) throws {
+        let directory = temporaryDirectory("ketenpoort-gateway")
+        let configPath = directory + "/gateway.yaml"
         try MasterKeyFile.create(path: directory + "/keys")
         let tls = tlsSection ?? """
             tls:
@@ -37,9 +37,17 @@ final class GatewayProcess: @unchecked Sendable {
             \(tls)
             \(extraConfiguration)
             """, to: configPath)
+        try self.init(directory: directory, configPath: configPath, arguments: ["serve", "--config", configPath])
+    }
+
+    /// Starts `ketenpoort ARGUMENTS` (serve or demo) and waits for its `ready:` and
+    /// `operations:` lines.
+    init(directory: String, configPath: String, arguments: [String]) throws {
+        self.directory = directory
+        self.configPath = configPath
         process = Process()
         process.executableURL = URL(fileURLWithPath: ketenpoortBinary)
-        process.arguments = ["serve", "--config", configPath]
+        process.arguments = arguments
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
