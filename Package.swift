@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "KetenpoortServer",
             dependencies: [
-                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortAudit",
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -22,6 +22,9 @@ public struct AuditRecord: Sendable {
     public var retainUntil: String?
     /// Entries whose details this entry erases (retention), in the same transaction.
     public var erases: [Int64]
+    /// Rows written in the same transaction as the entry (a delivery record, a consent): both
+    /// are durable together or neither is.
+    public var sideWrites: [SideWrite] = []
 
     public init(kind: String, members: [(String, JSONValue)], subjects: [String] = [], texts: [(name: String, sealed: [UInt8])] = [], retainUntil: String? = nil, erases: [Int64] = []) {
         self.kind = kind
@@ -30,6 +33,27 @@ public struct AuditRecord: Sendable {
         self.texts = texts
         self.retainUntil = retainUntil
         self.erases = erases
+    }
+}
+
+/// A value bound into a side write; `.sequence` is the entry's own sequence number.
+public enum SQLValue: Sendable {
+    case text(String)
+    case integer(Int64)
+    case blob([UInt8])
+    case null
+    case sequence
+}
+
+/// One statement run in the same transaction as an entry. The SQL is fixed by the caller's code,
+/// never built from input; values are bound. It must not fail on a conflict (use `OR IGNORE`
+/// or a guarded `UPDATE`): a failing side write fails the whole group commit.
+public struct SideWrite: Sendable {
+    public let sql: String
+    public let values: [SQLValue]
+    public init(_ sql: String, _ values: [SQLValue]) {
+        self.sql = sql
+        self.values = values
     }
 }
 
@@ -227,6 +251,7 @@ public final class AuditLog: @unchecked Sendable {
             for subject in record.subjects { result.subjects.append((subject, sequence)) }
             for text in record.texts { result.texts.append((Crypto.sha256(text.sealed), sequence, text.sealed)) }
             result.erase.append(contentsOf: record.erases)
+            for write in record.sideWrites { result.sideWrites.append((write, sequence)) }
         }
         result.tail = tail
         return result

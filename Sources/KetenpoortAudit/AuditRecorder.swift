@@ -14,6 +14,7 @@ public enum AuditKind: String, Sendable, CaseIterable {
     case policyReloaded = "policy-reloaded"
     case keyRotated = "key-rotated"
     case retention
+    case factRegistered = "fact-registered"
 }
 
 /// One exchange as the log records it, in clear only in memory: the recorder turns the BSNs

@@ -70,6 +70,7 @@ public struct AuditBatch: Sendable {
     public var subjects: [(pseudonym: String, sequence: Int64)] = []
     public var texts: [(hash: [UInt8], sequence: Int64, sealed: [UInt8])] = []
     public var erase: [Int64] = []
+    public var sideWrites: [(SideWrite, Int64)] = []
     public var checkpoint: StoredCheckpoint?
     public var tail: AuditTail
     public init(tail: AuditTail) { self.tail = tail }
@@ -303,6 +304,21 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                         insert.bind(3, t.sealed)
                         try insert.step()
                     }
+                }
+                for (write, sequence) in batch.sideWrites {
+                    let statement = try lookup(write.sql)
+                    for (index, value) in write.values.enumerated() {
+                        let i = Int32(index + 1)
+                        switch value {
+                        case .text(let t): statement.bind(i, t)
+                        case .integer(let n): statement.bind(i, n)
+                        case .blob(let b): statement.bind(i, b)
+                        case .null: statement.bind(i, nil as String?)
+                        case .sequence: statement.bind(i, sequence)
+                        }
+                    }
+                    try statement.step()
+                    statement.reset()
                 }
                 if let c = batch.checkpoint {
                     let insert = try database.prepare("INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)")

@@ -37,7 +37,14 @@ public enum Gateway {
             audit.close()
             throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be written (read-only file, full disk?); not starting")
         }
-        let application = GatewayApplication(state: state, audit: audit)
+        let repository: ExchangeRepository
+        do {
+            repository = try ExchangeRepository(path: configuration.databasePath)
+        } catch let error as KetenpoortError {
+            audit.close()
+            throw KetenpoortError(.configuration, "the exchange tables in `\(configuration.databasePath)` cannot be opened: \(error.message)")
+        }
+        let application = GatewayApplication(state: state, audit: audit, repository: repository)
         let policyDirectory = configuration.policyDirectory
         let server: GatewayServer
         do {

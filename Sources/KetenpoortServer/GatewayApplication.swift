@@ -57,10 +57,12 @@ public final class GatewayState: Sendable {
 public struct GatewayApplication: GatewayResponder {
     public let state: GatewayState
     public let audit: GatewayAudit
+    let exchanges: ExchangeService
 
-    public init(state: GatewayState, audit: GatewayAudit) {
+    init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository) {
         self.state = state
         self.audit = audit
+        self.exchanges = ExchangeService(state: state, audit: audit, repository: repository)
     }
 
     /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.
@@ -81,6 +83,11 @@ public struct GatewayApplication: GatewayResponder {
             return methodNotAllowed(route: "/v1/reidentifications", allowed: "POST")
         case (.GET, let path) where path.hasPrefix("/v1/audit/"):
             return nil
+        case (let method, let path) where ExchangeService.handles(path):
+            if let route = ExchangeService.routes.first(where: { path == $0.prefix || path.hasPrefix($0.prefix + "/") }), !route.methods.contains(method) {
+                return methodNotAllowed(route: route.prefix, allowed: route.methods.map(\.rawValue).joined(separator: ", "))
+            }
+            return nil
         case (_, let path) where path.hasPrefix("/v1/audit/"):
             return methodNotAllowed(route: "/v1/audit", allowed: "GET")
         default:
@@ -97,6 +104,7 @@ public struct GatewayApplication: GatewayResponder {
         let promise = eventLoop.makePromise(of: GatewayResponse.self)
         promise.completeWithTask {
             if request.path == "/v1/reidentifications" { return await reidentify(request, caller: caller) }
+            if ExchangeService.handles(request.path) { return await exchanges.respond(to: request, caller: caller) }
             return await AuditAPI(audit: audit).respond(to: request, caller: caller)
         }
         return promise.futureResult

@@ -1,0 +1,601 @@
+import Foundation
+import KetenpoortAudit
+import KetenpoortCore
+import KetenpoortCrypto
+import KetenpoortPolicy
+import NIOHTTP1
+import Synchronization
+
+/// `/v1/exchanges`, `/v1/consents`, `/v1/facts`, `/v1/inbox`, `/v1/reviews`: what partner systems
+/// use every day. Every decision is taken by the compiled policy with the consents and case facts
+/// registered here, and is in the audit log — together with the delivery record — before it is
+/// answered.
+final class ExchangeService: Sendable {
+    let state: GatewayState
+    let audit: GatewayAudit
+    let repository: ExchangeRepository
+    let applier: ObligationApplier
+    private let inFlight = Mutex<Set<String>>([])
+
+    init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository) {
+        self.state = state
+        self.audit = audit
+        self.repository = repository
+        self.applier = ObligationApplier(keys: audit.keys.keys)
+    }
+
+    static let routes: [(prefix: String, methods: [HTTPMethod])] = [
+        ("/v1/exchanges", [.POST, .GET]), ("/v1/consents", [.POST]), ("/v1/facts", [.POST]), ("/v1/inbox", [.GET, .POST]), ("/v1/reviews", [.GET, .POST]),
+    ]
+
+    static func handles(_ path: String) -> Bool {
+        routes.contains { path == $0.prefix || path.hasPrefix($0.prefix + "/") }
+    }
+
+    func respond(to request: GatewayRequest, caller: Caller) async -> GatewayResponse {
+        let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "exchanges", ...]
+        do {
+            switch (request.method, parts.count, parts[1]) {
+            case (.POST, 2, "exchanges"): return try await postExchange(request, caller: try partner(caller))
+            case (.GET, 3, "exchanges"): return try getExchange(parts[2], caller: try partner(caller))
+            case (.POST, 2, "consents"): return try await postConsent(request, caller: try partner(caller))
+            case (.POST, 4, "consents") where parts[3] == "withdraw": return try await withdrawConsent(parts[2], caller: try partner(caller))
+            case (.POST, 2, "facts"): return try await postFact(request, caller: try partner(caller))
+            case (.GET, 2, "inbox"): return try inbox(request, caller: try partner(caller))
+            case (.POST, 4, "inbox") where parts[3] == "ack": return try acknowledge(parts[2], caller: try partner(caller))
+            case (.GET, 2, "reviews"): return try reviews(caller: try officer(caller))
+            case (.POST, 3, "reviews"): return try await postReview(parts[2], request, caller: try officer(caller))
+            default:
+                return .problem(.notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+            }
+        } catch let error as KetenpoortError {
+            return .problem(for: error, route: "/v1/\(parts.count > 1 ? parts[1] : "")")
+        } catch {
+            return .problem(.internalServerError, code: .internalError, title: "Internal error", detail: "the request failed", route: "/v1")
+        }
+    }
+
+    func partner(_ caller: Caller) throws -> Partner {
+        guard case .partner(let p) = caller else { throw KetenpoortError(.forbidden, "this endpoint is for partners; officers use /v1/audit and /v1/reviews") }
+        return p
+    }
+
+    func officer(_ caller: Caller) throws -> Officer {
+        guard case .officer(let o) = caller else { throw KetenpoortError(.forbidden, "reviews are for privacy officers") }
+        return o
+    }
+
+    // MARK: request bodies
+
+    static let jsonLimits = JSONParser.Limits(maxDepth: 12, maxStringBytes: 64 * 1024, maxMembers: 2_000)
+
+    func body(_ request: GatewayRequest) throws -> (JSONValue, [UInt8]) {
+        guard let type = request.headers.first(name: "content-type")?.lowercased(),
+            type == "application/json" || type.hasPrefix("application/json;")
+        else {
+            throw KetenpoortError(.unsupportedMediaType, "send the body as application/json")
+        }
+        let bytes = request.body.map { Array($0.readableBytesView) } ?? []
+        do {
+            return (try JSONParser.parse(bytes: bytes, limits: ExchangeService.jsonLimits), bytes)
+        } catch let error as KetenpoortError {
+            throw KetenpoortError(.invalidJSON, "the body is not valid JSON: \(error.message)")
+        }
+    }
+
+    static func only(_ value: JSONValue, _ allowed: Set<String>, at path: String) throws {
+        guard let members = value.objectValue else { throw KetenpoortError(.invalidRequest, "`\(path)` must be an object") }
+        for (key, _) in members where !allowed.contains(key) {
+            throw KetenpoortError(.invalidRequest, "unknown member `\(path.isEmpty ? key : path + "." + key)`; expected one of \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    static func text(_ value: JSONValue?, _ path: String, required: Bool = true) throws -> String? {
+        guard let value else {
+            if required { throw KetenpoortError(.invalidRequest, "`\(path)` is required") }
+            return nil
+        }
+        guard let s = value.stringValue, !s.isEmpty, s.utf8.count <= 4_096 else { throw KetenpoortError(.invalidRequest, "`\(path)` must be non-empty text") }
+        return s
+    }
+
+    static func texts(_ value: JSONValue?, _ path: String) throws -> [String] {
+        guard let items = value?.arrayValue, !items.isEmpty else { throw KetenpoortError(.invalidRequest, "`\(path)` must be a non-empty list of text") }
+        return try items.map { item in
+            guard let s = item.stringValue, !s.isEmpty else { throw KetenpoortError(.invalidRequest, "`\(path)` must be a list of text") }
+            return s
+        }
+    }
+
+    static func bsn(_ value: JSONValue?, _ path: String) throws -> BSN {
+        guard let text = value?.stringValue else { throw KetenpoortError(.invalidRequest, "`\(path)` is required (nine digits)") }
+        do { return try BSN(text) } catch { throw KetenpoortError(.invalidBSN, "`\(path)` is not a valid BSN (nine digits passing the 11-check)") }
+    }
+
+    static func date(_ value: JSONValue?, _ path: String) throws -> String? {
+        guard let value else { return nil }
+        guard let s = value.stringValue, s.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
+            throw KetenpoortError(.invalidRequest, "`\(path)` must be a date YYYY-MM-DD")
+        }
+        return s
+    }
+
+    func logRef(_ bsn: BSN) throws -> String { try audit.recorder.subjectPseudonym(bsn) }
+
+    static var today: String { String(AuditClock.timestamp().prefix(10)) }
+
+    func sealPayload(_ payload: JSONValue, recipient: String, exchangeID: String) throws -> [UInt8] {
+        let keys = audit.keys.keys
+        let gcm = try AESGCM(key: try keys.derivedKey(use: "inbox", domain: recipient))
+        return Array(keys.currentKeyID.utf8) + [0] + (try gcm.seal(Array(payload.serialized().utf8), associatedData: Array(exchangeID.utf8)))
+    }
+
+    func openPayload(_ sealed: [UInt8], recipient: String, exchangeID: String) throws -> JSONValue {
+        guard let zero = sealed.firstIndex(of: 0) else { throw KetenpoortError(.crypto, "sealed payload without a key id") }
+        let id = String(decoding: sealed[..<zero], as: UTF8.self)
+        let gcm = try AESGCM(key: try audit.keys.keys.derivedKey(use: "inbox", domain: recipient, keyID: id))
+        return try JSONParser.parse(bytes: try gcm.open(Array(sealed[(zero + 1)...]), associatedData: Array(exchangeID.utf8)))
+    }
+
+    // MARK: POST /v1/exchanges
+
+    static let exchangeMembers: Set<String> = ["caseTable", "purpose", "recipient", "caseRef", "basis", "subjects", "data", "reporter"]
+
+    func postExchange(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
+        let (json, bytes) = try body(request)
+        let idempotencyKey = request.headers.first(name: "idempotency-key")
+        var canonicalHash: [UInt8] = []
+        if let key = idempotencyKey {
+            guard !key.isEmpty, key.utf8.count <= 200 else { throw KetenpoortError(.invalidRequest, "`Idempotency-Key` must be 1 to 200 characters") }
+            canonicalHash = Crypto.sha256(Array(json.serialized(sortedKeys: true).utf8))
+            if let stored = try repository.idempotentAnswer(sender: caller.id, key: key) {
+                guard stored.bodyHash == canonicalHash else {
+                    throw KetenpoortError(.idempotencyConflict, "this Idempotency-Key was used with another request body")
+                }
+                return replay(stored)
+            }
+            let flightKey = caller.id + "\u{0}" + key
+            let claimed = inFlight.withLock { $0.insert(flightKey).inserted }
+            guard claimed else { throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it") }
+            defer { _ = inFlight.withLock { $0.remove(flightKey) } }
+            // The first may have finished between the lookup and the claim.
+            if let stored = try repository.idempotentAnswer(sender: caller.id, key: key) {
+                guard stored.bodyHash == canonicalHash else {
+                    throw KetenpoortError(.idempotencyConflict, "this Idempotency-Key was used with another request body")
+                }
+                return replay(stored)
+            }
+            return try await decide(json, caller: caller, idempotency: (key, canonicalHash))
+        }
+        _ = bytes
+        return try await decide(json, caller: caller, idempotency: nil)
+    }
+
+    func replay(_ stored: ExchangeRepository.StoredAnswer) -> GatewayResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: stored.status == 201 ? "application/json" : "application/problem+json")
+        headers.add(name: "idempotent-replayed", value: "true")
+        return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: Array(stored.answer.utf8), route: "/v1/exchanges")
+    }
+
+    func decide(_ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8])?) async throws -> GatewayResponse {
+        try ExchangeService.only(json, ExchangeService.exchangeMembers, at: "")
+        let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
+        let purpose = try ExchangeService.text(json["purpose"], "purpose")!
+        let recipient = try ExchangeService.text(json["recipient"], "recipient")!
+        _ = try ExchangeService.text(json["caseRef"], "caseRef", required: false)
+        guard let basis = json["basis"], basis.objectValue != nil else { throw KetenpoortError(.invalidRequest, "`basis` is required: an object with `type`") }
+        try ExchangeService.only(
+            basis, ["type", "consentIds", "ground", "justification", "professional", "meldcode", "conflictOfDuties", "article"], at: "basis")
+        guard let subjectItems = json["subjects"]?.arrayValue, !subjectItems.isEmpty, subjectItems.count <= 20 else {
+            throw KetenpoortError(.invalidRequest, "`subjects` must list 1 to 20 people the exchange is about")
+        }
+        guard let data = json["data"], let categories = data.objectValue, !categories.isEmpty else {
+            throw KetenpoortError(.invalidRequest, "`data` must be an object of categories, each an object of fields")
+        }
+        for (category, value) in categories {
+            guard value.objectValue != nil else { throw KetenpoortError(.invalidRequest, "`data.\(category)` must be an object of fields") }
+        }
+        let date = ExchangeService.today
+        // Subjects: the BSN becomes the log pseudonym (the ref the registry and the policy use).
+        var subjects: [(bsn: BSN, ref: String, role: String, age: Int?, competent: Bool)] = []
+        for (i, item) in subjectItems.enumerated() {
+            try ExchangeService.only(item, ["bsn", "role", "age", "competent"], at: "subjects[\(i)]")
+            let bsn = try ExchangeService.bsn(item["bsn"], "subjects[\(i)].bsn")
+            let role = try ExchangeService.text(item["role"], "subjects[\(i)].role", required: false) ?? "subject"
+            if let age = item["age"], age.intValue.map({ (0...130).contains($0) }) != true {
+                throw KetenpoortError(.invalidRequest, "`subjects[\(i)].age` must be a whole number of years")
+            }
+            subjects.append((bsn, try logRef(bsn), role, item["age"]?.intValue, item["competent"]?.boolValue ?? true))
+        }
+        let refs = subjects.map(\.ref)
+        let facts = try repository.facts(caseTable: caseTable, subjects: refs)
+        let consents = try repository.consents(caseTable: caseTable, subjects: refs)
+        // The decision request in the form the policy tests use.
+        var factMembers: [(String, JSONValue)] = [("date", .string(date))]
+        var keepApart: [JSONValue] = []
+        var closed = false
+        var vtOpen = false
+        var order: JSONValue?
+        for ref in refs {
+            let f = facts[ref] ?? [:]
+            if f["case-closed"]?["closed"]?.boolValue == true { closed = true }
+            if f["vt-investigation"]?["open"]?.boolValue == true { vtOpen = true }
+            if let o = f["supervision-order"], o["active"]?.boolValue == true { order = .object([("active", true), ("institution", o["institution"] ?? .null)]) }
+            for from in f["keep-apart"]?["from"]?.arrayValue ?? [] { keepApart.append(.object([("protected", .string(ref)), ("from", from)])) }
+        }
+        factMembers.append(("caseClosed", .bool(closed)))
+        factMembers.append(("vtInvestigationOpen", .bool(vtOpen)))
+        if let order { factMembers.append(("supervisionOrder", order)) }
+        if !keepApart.isEmpty { factMembers.append(("keepApart", .array(keepApart))) }
+        if let reporter = json["reporter"] {
+            try ExchangeService.only(reporter, ["kind", "protected", "consented"], at: "reporter")
+            factMembers.append(("reporter", reporter))
+        }
+        factMembers.append(
+            ("consents", .array(consents.map { c in
+                var m: [(String, JSONValue)] = [
+                    ("id", .string(c.id)), ("subject", .string(c.subject)), ("grantor", .string(c.grantor)),
+                    ("purposes", .array(c.purposes.map { .string($0) })), ("recipients", .array(c.recipients.map { .string($0) })),
+                    ("categories", .array(c.categories.map { .string($0) })), ("withdrawn", .bool(c.status != "active")),
+                ]
+                if let g = c.grantorRef { m.append(("grantorRef", .string(g))) }
+                if let v = c.validFrom { m.append(("validFrom", .string(v))) }
+                if let v = c.validUntil { m.append(("validUntil", .string(v))) }
+                return .object(m)
+            })))
+        let subjectJSON: [JSONValue] = subjects.map { s in
+            var m: [(String, JSONValue)] = [("ref", .string(s.ref)), ("role", .string(s.role)), ("competent", .bool(s.competent))]
+            if let age = s.age { m.append(("age", .number(Double(age)))) }
+            let custody = facts[s.ref]?["custody"]?["holders"]?.arrayValue ?? []
+            if !custody.isEmpty { m.append(("custody", .array(custody))) }
+            return .object(m)
+        }
+        let decisionJSON: JSONValue = .object([
+            ("sender", .string(caller.id)), ("caseTable", .string(caseTable)), ("purpose", .string(purpose)), ("recipient", .string(recipient)),
+            ("basis", basis), ("subjects", .array(subjectJSON)), ("data", data), ("facts", .object(factMembers)),
+        ])
+        let decisionRequest = try DecisionRequest(json: decisionJSON)
+        let snapshot = state.snapshot
+        let decision = snapshot.policySet.evaluate(decisionRequest)
+        let exchangeID = UUID().uuidString.lowercased()
+        var texts: [String: String] = [:]
+        if let j = basis["justification"]?.stringValue { texts["justification"] = j }
+        if let c = basis["conflictOfDuties"] { texts["conflictOfDuties"] = c.serialized(sortedKeys: true) }
+        if let p = basis["professional"]?.stringValue { texts["professional"] = p }
+        var record = try audit.recorder.exchange(
+            ExchangeEvent(exchangeID: exchangeID, request: decisionRequest, decision: decision, subjects: subjects.map(\.bsn), texts: texts),
+            registry: snapshot.registry)
+        let obligations = decision.obligations
+        let now = AuditClock.timestamp()
+        let status: Int
+        var answerMembers: [(String, JSONValue)]
+        if decision.isPermit {
+            let domain = Pseudonymiser.recipientDomain(caseTable: caseTable, recipient: recipient)
+            let output = try applier.apply(data: data, released: obligations.released, domain: domain, referenceDate: date)
+            var payload: [(String, JSONValue)] = [
+                ("exchangeId", .string(exchangeID)), ("sender", .string(caller.id)), ("caseTable", .string(caseTable)), ("purpose", .string(purpose)),
+                ("basis", .string(decisionRequest.basis.type)),
+                ("subjects", .array(try subjects.map { .object([("ref", .string(try applier.pseudonymiser.pseudonym(of: $0.bsn, domain: domain))), ("role", .string($0.role))]) })),
+                ("data", output.data), ("released", .array(output.released.map { .string($0) })), ("withheld", .array(output.withheld.map { .string($0) })),
+                ("informSubjectBy", obligations.informSubjectBy.map { .string($0) } ?? .null),
+            ]
+            if let caseRef = json["caseRef"] { payload.append(("caseRef", caseRef)) }
+            let sealed = try sealPayload(.object(payload), recipient: recipient, exchangeID: exchangeID)
+            record.sideWrites.append(
+                ExchangeRepository.inboxRow(exchangeID: exchangeID, recipient: recipient, sealed: sealed, deliveredAt: now, retainUntil: record.retainUntil))
+            status = 201
+            answerMembers = [
+                ("exchangeId", .string(exchangeID)), ("decision", "permit"), ("released", .array(output.released.map { .string($0) })),
+                ("withheld", .array(output.withheld.map { .string($0) })), ("review", .bool(obligations.review)),
+                ("informSubjectBy", obligations.informSubjectBy.map { .string($0) } ?? .null),
+            ]
+        } else {
+            status = 403
+            let reasons: [JSONValue] = decision.trace.filter { decision.rules.contains($0.id) }.map {
+                .object([("rule", .string($0.id)), ("explanation", .string("\($0.label) — \($0.reason)"))])
+            }
+            answerMembers = [
+                ("type", .string("https://ketenpoort.nl/problems/exchange_denied")), ("title", "Exchange denied"), ("status", 403),
+                ("detail", .string("the policy of `\(caseTable)` does not permit this exchange")), ("code", "exchange_denied"),
+                ("exchangeId", .string(exchangeID)), ("reasons", .array(reasons)),
+            ]
+        }
+        // The answer is stored with the exchange (its log position is bound in the same row).
+        let answerWithoutSequence = JSONValue.object(answerMembers).serialized()
+        record.sideWrites.append(
+            ExchangeRepository.exchangeRow(
+                id: exchangeID, sender: caller.id, recipient: recipient, caseTable: caseTable, purpose: purpose, decision: decision.effect.rawValue,
+                answer: answerWithoutSequence, review: decision.isPermit && obligations.review ? "pending" : "none", ground: decisionRequest.basis.ground,
+                informSubjectBy: obligations.informSubjectBy, createdAt: now))
+        // The sequence is known only once the entry is numbered; the stored idempotent answer
+        // carries `logSequence` through SQL (`json_set`).
+        if let idempotency {
+            record.sideWrites.append(
+                SideWrite(
+                    "INSERT OR IGNORE INTO idempotency (sender, key, body_hash, status, answer) VALUES (?, ?, ?, ?, json_set(?, '$.logSequence', ?))",
+                    [.text(caller.id), .text(idempotency.key), .blob(idempotency.hash), .integer(Int64(status)), .text(answerWithoutSequence), .sequence]))
+        }
+        let sequence = try await audit.record(record)
+        answerMembers.append(("logSequence", .number(Double(sequence))))
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: status == 201 ? "application/json" : "application/problem+json")
+        if status == 201 { headers.add(name: "location", value: "/v1/exchanges/\(exchangeID)") }
+        return GatewayResponse(
+            status: status == 201 ? .created : .forbidden, headers: headers, body: Array(JSONValue.object(answerMembers).serialized().utf8),
+            route: "/v1/exchanges")
+    }
+
+    // MARK: GET /v1/exchanges/{id}
+
+    func getExchange(_ id: String, caller: Partner) throws -> GatewayResponse {
+        // Existence is not revealed to anyone but the sender.
+        guard let row = try repository.exchange(id: id), row.sender == caller.id else {
+            throw KetenpoortError(.notFound, "no exchange `\(id.prefix(64))` of yours")
+        }
+        var members: [(String, JSONValue)] = [
+            ("exchangeId", .string(row.id)), ("decision", .string(row.decision)), ("caseTable", .string(row.caseTable)), ("purpose", .string(row.purpose)),
+            ("recipient", .string(row.recipient)), ("logSequence", .number(Double(row.logSequence))), ("decidedAt", .string(row.createdAt)),
+            ("review", .string(row.reviewState)),
+        ]
+        if let answer = try? JSONParser.parse(row.answer) {
+            for key in ["released", "withheld", "informSubjectBy", "reasons"] { if let v = answer[key] { members.append((key, v)) } }
+        }
+        if row.decision == "permit", let delivery = try repository.delivery(exchangeID: row.id) {
+            members.append(
+                ("delivery", .object([
+                    ("state", .string(delivery.acknowledgedAt == nil ? "delivered" : "acknowledged")), ("deliveredAt", .string(delivery.deliveredAt)),
+                    ("acknowledgedAt", delivery.acknowledgedAt.map { .string($0) } ?? .null),
+                ])))
+        } else {
+            members.append(("delivery", .object([("state", "none")])))
+        }
+        return .json(.object(members), route: "/v1/exchanges/{id}")
+    }
+
+    // MARK: consents
+
+    static let capacities: Set<String> = ["self", "parent_with_custody", "parent_without_custody", "guardian", "representative"]
+
+    func postConsent(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
+        let (json, _) = try body(request)
+        try ExchangeService.only(
+            json, ["caseTable", "subject", "grantor", "purposes", "recipients", "categories", "validFrom", "validUntil", "evidenceRef"], at: "")
+        let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
+        let snapshot = state.snapshot
+        guard let table = snapshot.policySet.tables[caseTable] else {
+            throw KetenpoortError(.invalidRequest, "`caseTable`: no case table `\(caseTable.prefix(64))` is declared")
+        }
+        guard table.isMember(caller, on: ExchangeService.today) else {
+            throw KetenpoortError(.forbidden, "only members of `\(caseTable)` register consents for it")
+        }
+        guard let subject = json["subject"] else { throw KetenpoortError(.invalidRequest, "`subject` is required: {bsn, age, competent}") }
+        try ExchangeService.only(subject, ["bsn", "age", "competent"], at: "subject")
+        let subjectBSN = try ExchangeService.bsn(subject["bsn"], "subject.bsn")
+        guard let age = subject["age"]?.intValue, (0...130).contains(age) else {
+            throw KetenpoortError(.invalidRequest, "`subject.age` (whole years) is required: who may consent depends on it")
+        }
+        let competent = subject["competent"]?.boolValue ?? true
+        guard let grantor = json["grantor"] else { throw KetenpoortError(.invalidRequest, "`grantor` is required: {capacity, bsn}") }
+        try ExchangeService.only(grantor, ["capacity", "bsn"], at: "grantor")
+        let capacity = try ExchangeService.text(grantor["capacity"], "grantor.capacity")!
+        guard ExchangeService.capacities.contains(capacity) else {
+            throw KetenpoortError(.invalidRequest, "`grantor.capacity` must be one of \(ExchangeService.capacities.sorted().joined(separator: ", "))")
+        }
+        // Who may consent (domain.md): the person from 12 when competent; below 12 or not
+        // competent, every parent with custody (each registers their own consent).
+        if capacity == "self" && (age < 12 || !competent) {
+            throw KetenpoortError(.invalidRequest, "a person under 12 or not competent cannot consent; every parent with custody consents instead")
+        }
+        if capacity == "parent_with_custody" && age >= 12 && competent {
+            throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; parents neither co-consent nor veto")
+        }
+        var grantorRef: String?
+        if capacity != "self" {
+            guard grantor["bsn"] != nil || capacity == "representative" else {
+                throw KetenpoortError(.invalidRequest, "`grantor.bsn` is required for a \(capacity)")
+            }
+            if grantor["bsn"] != nil { grantorRef = try logRef(try ExchangeService.bsn(grantor["bsn"], "grantor.bsn")) }
+        }
+        let purposes = try ExchangeService.texts(json["purposes"], "purposes")
+        for p in purposes where table.purposes[p] == nil {
+            throw KetenpoortError(.invalidRequest, "`purposes`: `\(p.prefix(64))` is not a purpose of `\(caseTable)`")
+        }
+        let recipients = try ExchangeService.texts(json["recipients"], "recipients")
+        for r in recipients where snapshot.registry.partner(id: r) == nil && !(r.hasPrefix("kind:")) {
+            throw KetenpoortError(.invalidRequest, "`recipients`: `\(r.prefix(64))` is not a partner (or `kind:<kind>`)")
+        }
+        let categories = try ExchangeService.texts(json["categories"], "categories")
+        for c in categories where Vocabulary.fields[c] == nil {
+            throw KetenpoortError(.invalidRequest, "`categories`: `\(c.prefix(64))` is not a data category")
+        }
+        let validFrom = try ExchangeService.date(json["validFrom"], "validFrom")
+        let validUntil = try ExchangeService.date(json["validUntil"], "validUntil")
+        if let f = validFrom, let u = validUntil, u < f { throw KetenpoortError(.invalidRequest, "`validUntil` is before `validFrom`") }
+        let evidence = try ExchangeService.text(json["evidenceRef"], "evidenceRef", required: false)
+        let consentID = "c-" + UUID().uuidString.lowercased()
+        func list(_ items: [String]) -> String { JSONValue.array(items.map { .string($0) }).serialized() }
+        var record = try audit.recorder.consent(.consentRegistered, consentID: consentID, sender: caller.id, subject: subjectBSN, purposes: purposes)
+        record.members.append(("caseTable", .string(caseTable)))
+        record.members.append(("grantor", .string(capacity)))
+        record.members.append(("categories", .array(categories.sorted().map { .string($0) })))
+        record.members.append(("recipients", .array(recipients.sorted().map { .string($0) })))
+        if let evidence { record.texts.append(("evidenceRef", try audit.keys.seal(evidence))) }
+        record.sideWrites.append(
+            SideWrite(
+                "INSERT INTO consents (id, case_table, subject, grantor, grantor_ref, purposes, recipients, categories, valid_from, valid_until, evidence_ref, registered_by, status, log_sequence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 'active', ?)",
+                [
+                    .text(consentID), .text(caseTable), .text(try logRef(subjectBSN)), .text(capacity), grantorRef.map { .text($0) } ?? .null,
+                    .text(list(purposes)), .text(list(recipients)), .text(list(categories)), validFrom.map { .text($0) } ?? .null,
+                    validUntil.map { .text($0) } ?? .null, .text(caller.id), .sequence,
+                ]))
+        record.sideWrites.append(
+            SideWrite("INSERT INTO consent_history (consent_id, status, by_partner, log_sequence) VALUES (?, 'active', ?, ?)", [.text(consentID), .text(caller.id), .sequence]))
+        let sequence = try await audit.record(record)
+        return .json(["consentId": .string(consentID), "logSequence": .number(Double(sequence))], status: .created, route: "/v1/consents")
+    }
+
+    func withdrawConsent(_ id: String, caller: Partner) async throws -> GatewayResponse {
+        guard let consent = try repository.consent(id: id), consent.registeredBy == caller.id else {
+            throw KetenpoortError(.notFound, "no consent `\(id.prefix(64))` registered by you")
+        }
+        if consent.status == "withdrawn" {
+            return .json(["consentId": .string(id), "status": "withdrawn"], route: "/v1/consents/{id}/withdraw")
+        }
+        var record = AuditRecord(
+            kind: AuditKind.consentWithdrawn.rawValue,
+            members: [("consentId", .string(id)), ("sender", .string(caller.id)), ("caseTable", .string(consent.caseTable))], subjects: [consent.subject])
+        record.sideWrites.append(SideWrite("UPDATE consents SET status = 'withdrawn' WHERE id = ?", [.text(id)]))
+        record.sideWrites.append(
+            SideWrite("INSERT INTO consent_history (consent_id, status, by_partner, log_sequence) VALUES (?, 'withdrawn', ?, ?)", [.text(id), .text(caller.id), .sequence]))
+        let sequence = try await audit.record(record)
+        return .json(["consentId": .string(id), "status": "withdrawn", "logSequence": .number(Double(sequence))], route: "/v1/consents/{id}/withdraw")
+    }
+
+    // MARK: case facts
+
+    /// Fact types and the partner kinds entitled to register them.
+    static let factTypes: [String: (members: Set<String>, kinds: Set<String>)] = [
+        "supervision-order": (["active", "institution"], ["child_protection_board", "certified_institution"]),
+        "vt-investigation": (["open"], ["veilig_thuis"]),
+        "keep-apart": (["from"], ["veilig_thuis", "police", "womens_shelter"]),
+        "custody": (["holders"], ["local_team", "veilig_thuis", "child_protection_board", "certified_institution"]),
+        "case-closed": (["closed"], ["local_team", "veilig_thuis", "child_protection_board", "certified_institution", "care_safety_house"]),
+    ]
+
+    func postFact(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
+        let (json, _) = try body(request)
+        try ExchangeService.only(json, ["caseTable", "type", "subject", "active", "institution", "open", "from", "holders", "closed"], at: "")
+        let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
+        guard let table = state.snapshot.policySet.tables[caseTable] else {
+            throw KetenpoortError(.invalidRequest, "`caseTable`: no case table `\(caseTable.prefix(64))` is declared")
+        }
+        let type = try ExchangeService.text(json["type"], "type")!
+        guard let spec = ExchangeService.factTypes[type] else {
+            throw KetenpoortError(.invalidRequest, "`type` must be one of \(ExchangeService.factTypes.keys.sorted().joined(separator: ", "))")
+        }
+        guard spec.kinds.contains(caller.kind), table.isMember(caller, on: ExchangeService.today) else {
+            throw KetenpoortError(.forbidden, "a \(caller.kind) may not register `\(type)` facts for `\(caseTable)`")
+        }
+        let subject = try logRef(try ExchangeService.bsn(json["subject"], "subject"))
+        for (key, _) in json.objectValue ?? [] where !["caseTable", "type", "subject"].contains(key) && !spec.members.contains(key) {
+            throw KetenpoortError(.invalidRequest, "`\(key)` does not belong to a `\(type)` fact; expected \(spec.members.sorted().joined(separator: ", "))")
+        }
+        var value: [(String, JSONValue)] = []
+        switch type {
+        case "supervision-order":
+            guard let active = json["active"]?.boolValue else { throw KetenpoortError(.invalidRequest, "`active` (true or false) is required") }
+            value.append(("active", .bool(active)))
+            if active {
+                let institution = try ExchangeService.text(json["institution"], "institution")!
+                guard state.snapshot.registry.partner(id: institution)?.kind == "certified_institution" else {
+                    throw KetenpoortError(.invalidRequest, "`institution` must be a certified institution in partners.yaml")
+                }
+                value.append(("institution", .string(institution)))
+            }
+        case "vt-investigation":
+            guard let open = json["open"]?.boolValue else { throw KetenpoortError(.invalidRequest, "`open` (true or false) is required") }
+            value.append(("open", .bool(open)))
+        case "keep-apart":
+            guard let items = json["from"]?.arrayValue, !items.isEmpty else { throw KetenpoortError(.invalidRequest, "`from` must list the BSNs the subject is kept from") }
+            value.append(("from", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "from[\($0)]"))) })))
+        case "custody":
+            guard let items = json["holders"]?.arrayValue, items.count <= 4 else { throw KetenpoortError(.invalidRequest, "`holders` must list the BSNs of the parents with custody") }
+            value.append(("holders", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "holders[\($0)]"))) })))
+        default:
+            guard let closed = json["closed"]?.boolValue else { throw KetenpoortError(.invalidRequest, "`closed` (true or false) is required") }
+            value.append(("closed", .bool(closed)))
+        }
+        let factValue = JSONValue.object(value)
+        var record = AuditRecord(
+            kind: AuditKind.factRegistered.rawValue,
+            members: [("caseTable", .string(caseTable)), ("sender", .string(caller.id)), ("fact", .string(type)), ("value", factValue)], subjects: [subject])
+        record.sideWrites.append(
+            SideWrite(
+                "INSERT OR REPLACE INTO case_facts (case_table, subject, type, value, registered_by, log_sequence) VALUES (?, ?, ?, ?, ?, ?)",
+                [.text(caseTable), .text(subject), .text(type), .text(factValue.serialized()), .text(caller.id), .sequence]))
+        let sequence = try await audit.record(record)
+        return .json(["type": .string(type), "logSequence": .number(Double(sequence))], status: .created, route: "/v1/facts")
+    }
+
+    // MARK: inbox
+
+    func inbox(_ request: GatewayRequest, caller: Partner) throws -> GatewayResponse {
+        let after = try request.query["after"].map { text -> Int64 in
+            guard let n = Int64(text), n >= 0 else { throw KetenpoortError(.invalidRequest, "`after` must be a cursor from `next`") }
+            return n
+        } ?? 0
+        let limit = try request.query["limit"].map { text -> Int in
+            guard let n = Int(text), (1...500).contains(n) else { throw KetenpoortError(.invalidRequest, "`limit` must be from 1 to 500") }
+            return n
+        } ?? 50
+        let rows = try repository.inbox(recipient: caller.id, after: after, limit: limit)
+        var items: [JSONValue] = []
+        for row in rows {
+            guard let sealed = row.sealed else { continue }
+            var payload = try openPayload(sealed, recipient: caller.id, exchangeID: row.exchangeID)
+            if case .object(var members) = payload {
+                members.insert(("id", .string(String(row.id))), at: 0)
+                members.append(("deliveredAt", .string(row.deliveredAt)))
+                payload = .object(members)
+            }
+            items.append(payload)
+        }
+        let next: JSONValue = rows.last.map { .string(String($0.id)) } ?? (after > 0 ? .string(String(after)) : .null)
+        return .json(["items": .array(items), "next": next], route: "/v1/inbox")
+    }
+
+    func acknowledge(_ id: String, caller: Partner) throws -> GatewayResponse {
+        guard let n = Int64(id), n > 0, try repository.acknowledge(id: n, recipient: caller.id, at: AuditClock.timestamp()) else {
+            throw KetenpoortError(.notFound, "no inbox item `\(id.prefix(32))` of yours")
+        }
+        return .json(["id": .string(id), "state": "acknowledged"], route: "/v1/inbox/{id}/ack")
+    }
+
+    // MARK: reviews
+
+    func reviews(caller: Officer) throws -> GatewayResponse {
+        let rows = try repository.pendingReviews(limit: 200)
+        var items: [JSONValue] = []
+        for row in rows {
+            var members: [(String, JSONValue)] = [
+                ("exchangeId", .string(row.id)), ("caseTable", .string(row.caseTable)), ("sender", .string(row.sender)), ("recipient", .string(row.recipient)),
+                ("purpose", .string(row.purpose)), ("ground", .string(row.ground)), ("decidedAt", .string(row.createdAt)),
+                ("informSubjectBy", row.informSubjectBy.map { .string($0) } ?? .null), ("logSequence", .number(Double(row.logSequence))),
+            ]
+            // The officer reads the sealed justification (opened with the log key).
+            if let entry = try audit.read({ try $0.entry(sequence: row.logSequence) }), let body = entry.body,
+                let texts = (try? JSONParser.parse(body))?["texts"]?.objectValue
+            {
+                var opened: [(String, JSONValue)] = []
+                for (name, hash) in texts {
+                    if let h = hash.stringValue.flatMap(Hex.decode), let sealed = try audit.read({ try $0.sealedText(hash: h) }) {
+                        opened.append((name, .string(try audit.keys.open(sealed))))
+                    }
+                }
+                members.append(("texts", .object(opened)))
+            }
+            items.append(.object(members))
+        }
+        return .json(["items": .array(items)], route: "/v1/reviews")
+    }
+
+    static let outcomes: Set<String> = ["upheld", "not-upheld", "needs-follow-up"]
+
+    func postReview(_ id: String, _ request: GatewayRequest, caller: Officer) async throws -> GatewayResponse {
+        let (json, _) = try body(request)
+        try ExchangeService.only(json, ["outcome", "comment"], at: "")
+        let outcome = try ExchangeService.text(json["outcome"], "outcome")!
+        guard ExchangeService.outcomes.contains(outcome) else {
+            throw KetenpoortError(.invalidRequest, "`outcome` must be one of \(ExchangeService.outcomes.sorted().joined(separator: ", "))")
+        }
+        let comment = try ExchangeService.text(json["comment"], "comment", required: false)
+        guard let row = try repository.exchange(id: id), row.reviewState == "pending" else {
+            throw KetenpoortError(.notFound, "no exchange `\(id.prefix(64))` awaiting review")
+        }
+        var record = try audit.recorder.review(exchangeID: id, officer: caller.id, outcome: outcome, comment: comment)
+        record.sideWrites.append(SideWrite("UPDATE exchanges SET review_state = ? WHERE id = ? AND review_state = 'pending'", [.text(outcome), .text(id)]))
+        let sequence = try await audit.record(record)
+        return .json(["exchangeId": .string(id), "review": .string(outcome), "logSequence": .number(Double(sequence))], route: "/v1/reviews/{id}")
+    }
+}
