@@ -57,6 +57,9 @@ def rss_kib(pid):
 def start_gateway(binary, work, pki, smoke):
     port, ops = free_port(), free_port()
     config = os.path.join(work, "gateway.yaml")
+    keys = os.path.join(work, "master.key")
+    if not os.path.exists(keys):
+        subprocess.run([binary, "keys", "init", keys], check=True, stdout=subprocess.DEVNULL)
     with open(config, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
 ops_listen: 127.0.0.1:{ops}
@@ -69,6 +72,7 @@ tls:
   crl: {pki}/crl.pem
 policies: {ROOT}/Policies
 database: {work}/bench.db
+keys: {keys}
 limits:
   max_connections: 20000
   idle_timeout_seconds: 600
