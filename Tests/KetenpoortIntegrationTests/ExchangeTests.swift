@@ -1,0 +1,296 @@
+import Foundation
+import KetenpoortCore
+import NIOCore
+import Testing
+
+/// The exchange API end to end over real mutual TLS: consents, facts, decisions, the inbox,
+/// reviews, idempotency and every problem code.
+@Suite("Exchanges end to end", .serialized)
+struct ExchangeTests {
+    // Test-range BSNs (999990000–999999999, 11-check): a child and the parents.
+    static let child = "999990019"
+    static let mother = "999990020"
+    static let father = "999990032"
+
+    let wijkteam = PKIFixture.partner("wijkteam-dordrecht")
+    let vt = PKIFixture.partner("veilig-thuis-zhz")
+    let jgz = PKIFixture.partner("jgz-zhz")
+    let officer = PKIFixture.officer("privacy-officer-zhz")
+
+    func post(_ client: TestHTTPSClient, _ path: String, _ body: String, headers: [(String, String)] = []) async throws -> TestResponse {
+        try await client.request(path, method: .POST, headers: [("content-type", "application/json")] + headers, body: body)
+    }
+
+    static func consentBody(grantor: String, purpose: String = "meldcode-report", categories: String = #"["identity", "health"]"#) -> String {
+        """
+        {"caseTable": "mda-zhz", "subject": {"bsn": "\(child)", "age": 9},
+         "grantor": {"capacity": "parent_with_custody", "bsn": "\(grantor)"},
+         "purposes": ["\(purpose)"], "recipients": ["veilig-thuis-zhz"], "categories": \(categories)}
+        """
+    }
+
+    static func exchangeBody(consents: [String], extraData: String = "") -> String {
+        let ids = consents.map { "\"\($0)\"" }.joined(separator: ", ")
+        return """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "consent", "consentIds": [\(ids)]},
+             "subjects": [{"bsn": "\(child)", "role": "child", "age": 9}],
+             "data": {"identity": {"bsn": "\(child)", "name": "Sanne Testkind"}, "health": {"summary": "astma, medicatie"},
+                      "concern_signal": {"summary": "blauwe plekken op de armen"}\(extraData)}}
+            """
+    }
+
+    /// Registers joint custody and both parents' consents; returns the consent ids.
+    func consentOfBothParents(_ client: TestHTTPSClient) async throws -> [String] {
+        let custody = try await post(client, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)", "\#(Self.father)"]}"#)
+        #expect(custody.status == 201, "\(custody.body)")
+        var ids: [String] = []
+        for parent in [Self.mother, Self.father] {
+            let r = try await post(client, "/v1/consents", Self.consentBody(grantor: parent))
+            #expect(r.status == 201, "\(r.body)")
+            ids.append(try #require(r.json?["consentId"]?.stringValue))
+        }
+        return ids
+    }
+
+    @Test("consent of both parents: 201, delivered sealed to Veilig Thuis only, acknowledged; withdrawal denies the next one; nothing personal in the database")
+    func consentFlow() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+
+        // One parent's consent is not enough for a child under 12 with joint custody.
+        let half = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [ids[0]]))
+        #expect(half.status == 403, "\(half.body)")
+        #expect(half.json?["code"]?.stringValue == "exchange_denied")
+        #expect((half.json?["reasons"]?.arrayValue ?? []).isEmpty == false)
+        #expect(half.json?["logSequence"]?.intValue != nil)
+
+        let sent = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(sent.status == 201, "\(sent.body)")
+        let exchangeID = try #require(sent.json?["exchangeId"]?.stringValue)
+        #expect(sent.json?["released"] == ["health.summary", "identity.bsn", "identity.name"])
+        #expect(sent.json?["withheld"] == ["concern_signal.summary"])
+        #expect(sent.json?["review"]?.boolValue == false)
+        let sequence = try #require(sent.json?["logSequence"]?.intValue)
+
+        // The sender sees the state; nobody else learns the exchange exists.
+        let state = try await team.request("/v1/exchanges/\(exchangeID)")
+        #expect(state.status == 200)
+        #expect(state.json?["delivery"]?["state"]?.stringValue == "delivered")
+        let jgzClient = try await TestHTTPSClient.connect(port: gateway.port, cert: jgz.cert, key: jgz.key)
+        #expect(try await jgzClient.request("/v1/exchanges/\(exchangeID)").status == 404)
+        #expect(try await jgzClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true)
+
+        // The recipient reads its inbox: what was released, transformed; then acknowledges.
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        let inbox = try await vtClient.request("/v1/inbox")
+        let items = inbox.json?["items"]?.arrayValue ?? []
+        #expect(items.count == 1)
+        let item = try #require(items.first)
+        #expect(item["exchangeId"]?.stringValue == exchangeID)
+        #expect(item["data"]?["identity"]?["bsn"]?.stringValue == Self.child)
+        #expect(item["data"]?["concern_signal"] == nil)
+        #expect(item["subjects"]?.arrayValue?.first?["ref"]?.stringValue?.hasPrefix("ps1.") == true)
+        let itemID = try #require(item["id"]?.stringValue)
+        #expect(try await jgzClient.request("/v1/inbox/\(itemID)/ack", method: .POST).status == 404)
+        #expect(try await vtClient.request("/v1/inbox/\(itemID)/ack", method: .POST).status == 200)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true)
+        #expect(try await team.request("/v1/exchanges/\(exchangeID)").json?["delivery"]?["state"]?.stringValue == "acknowledged")
+
+        // The father withdraws (through the team that registered it): every later exchange is denied.
+        #expect(try await jgzClient.request("/v1/consents/\(ids[1])/withdraw", method: .POST).status == 404)
+        let withdrawn = try await team.request("/v1/consents/\(ids[1])/withdraw", method: .POST)
+        #expect(withdrawn.status == 200, "\(withdrawn.body)")
+        let after = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(after.status == 403, "\(after.body)")
+        await team.close()
+        await jgzClient.close()
+        await vtClient.close()
+        #expect(gateway.stop() == 0)
+
+        // The log holds every decision, in order; the database holds no BSN, name or free text.
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db"])
+        let kinds = export.stdout.split(separator: "\n").compactMap { try? JSONParser.parse(String($0))["kind"]?.stringValue }
+        #expect(kinds == ["policy-reloaded", "fact-registered", "consent-registered", "consent-registered", "exchange-denied", "exchange-permitted", "consent-withdrawn", "exchange-denied"])
+        #expect(kinds.count >= sequence)
+        for suffix in ["", "-wal", "-shm"] {
+            guard let data = FileManager.default.contents(atPath: gateway.directory + "/ketenpoort.db" + suffix) else { continue }
+            for secret in [Self.child, Self.mother, Self.father, "Sanne", "astma", "blauwe plekken"] {
+                #expect(data.range(of: Data(secret.utf8)) == nil, "`\(secret)` in ketenpoort.db\(suffix)")
+            }
+        }
+    }
+
+    @Test("Idempotency-Key: the same body replays the first answer; another body gets 409")
+    func idempotency() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        let body = Self.exchangeBody(consents: ids)
+        let first = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "k-1")])
+        #expect(first.status == 201)
+        // Same JSON, other formatting and member order: the same answer, not a second exchange.
+        let reordered = try JSONParser.parse(body).objectValue!.reversed()
+        let again = try await post(team, "/v1/exchanges", JSONValue.object(Array(reordered)).serialized(), headers: [("idempotency-key", "k-1")])
+        #expect(again.status == 201)
+        #expect(again.json?["exchangeId"] == first.json?["exchangeId"])
+        #expect(again.json?["logSequence"] == first.json?["logSequence"])
+        let conflict = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [ids[0]]), headers: [("idempotency-key", "k-1")])
+        #expect(conflict.status == 409)
+        #expect(conflict.json?["code"]?.stringValue == "idempotency_conflict")
+        // Keys are per sender.
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        #expect(try await post(vtClient, "/v1/exchanges", body, headers: [("idempotency-key", "k-1")]).json?["exchangeId"] != first.json?["exchangeId"])
+        let vtInbox = try await vtClient.request("/v1/inbox")
+        #expect(vtInbox.json?["items"]?.arrayValue?.count == 1, "one delivery, not two")
+        await team.close()
+        await vtClient.close()
+    }
+
+    @Test("a safety-exception report enters the review queue; an officer reviews it (logged); partners cannot")
+    func safetyExceptionAndReview() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let report = try await post(team, "/v1/exchanges", """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "kind vertelt over geweld thuis", "professional": "wt-17",
+                       "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+             "subjects": [{"bsn": "\(Self.child)", "role": "child", "age": 9}],
+             "data": {"identity": {"bsn": "\(Self.child)"}, "concern_signal": {"summary": "blauwe plekken"}, "health": {"diagnosis": "x"}}}
+            """)
+        #expect(report.status == 201, "\(report.body)")
+        #expect(report.json?["review"]?.boolValue == true)
+        #expect(report.json?["informSubjectBy"]?.stringValue?.count == 10)
+        #expect(report.json?["withheld"] == ["health.diagnosis"])
+        let id = try #require(report.json?["exchangeId"]?.stringValue)
+        // The same ground towards the wrong recipient is refused.
+        let wrong = try await post(team, "/v1/exchanges", """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "jeugdbescherming-west",
+             "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "j", "professional": "wt-17"},
+             "subjects": [{"bsn": "\(Self.child)"}], "data": {"identity": {"bsn": "\(Self.child)"}}}
+            """)
+        #expect(wrong.status == 403)
+
+        #expect(try await team.request("/v1/reviews").status == 403)
+        let officerClient = try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)
+        let queue = try await officerClient.request("/v1/reviews")
+        let items = queue.json?["items"]?.arrayValue ?? []
+        #expect(items.map { $0["exchangeId"]?.stringValue } == [id])
+        #expect(items.first?["texts"]?["justification"]?.stringValue == "kind vertelt over geweld thuis")
+        #expect(try await post(officerClient, "/v1/reviews/\(id)", #"{"outcome": "maybe"}"#).status == 422)
+        let reviewed = try await post(officerClient, "/v1/reviews/\(id)", #"{"outcome": "upheld", "comment": "meldcode gevolgd, grond klopt"}"#)
+        #expect(reviewed.status == 200, "\(reviewed.body)")
+        #expect(try await officerClient.request("/v1/reviews").json?["items"]?.arrayValue?.isEmpty == true)
+        #expect(try await post(officerClient, "/v1/reviews/\(id)", #"{"outcome": "upheld"}"#).status == 404)
+        // Officers do not send exchanges.
+        #expect(try await post(officerClient, "/v1/exchanges", Self.exchangeBody(consents: ["x"])).status == 403)
+        await team.close()
+        await officerClient.close()
+        #expect(gateway.stop() == 0)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "review"])
+        #expect(export.stdout.contains("\"outcome\":\"upheld\""))
+        #expect(!export.stdout.contains("grond klopt"), "the comment is sealed")
+    }
+
+    @Test("every problem code of the exchange API, provoked")
+    func problemCodes() async throws {
+        let gateway = try GatewayProcess(extraConfiguration: "limits:\n  max_body_bytes: 4096\n")
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        func code(_ r: TestResponse) -> String? { r.json?["code"]?.stringValue }
+        let badJSON = try await post(team, "/v1/exchanges", "{\"caseTable\": ")
+        #expect(badJSON.status == 400 && code(badJSON) == "invalid_json")
+        let media = try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "text/plain")], body: "x")
+        #expect(media.status == 415 && code(media) == "unsupported_media_type")
+        let unknown = try await post(team, "/v1/exchanges", #"{"caseTable": "mda-zhz", "colour": "blue"}"#)
+        #expect(unknown.status == 422 && code(unknown) == "invalid_request")
+        #expect(unknown.json?["detail"]?.stringValue?.contains("colour") == true)
+        let badBSN = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"bsn\": \"\(Self.child)\", \"role\"", with: "\"bsn\": \"999990018\", \"role\""))
+        #expect(badBSN.status == 422 && code(badBSN) == "invalid_bsn")
+        #expect(!badBSN.body.contains("999990018"))
+        let denied = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["no-such-consent"]))
+        #expect(denied.status == 403 && code(denied) == "exchange_denied")
+        #expect(try await team.request("/v1/exchanges/nope").status == 404)
+        let method = try await team.request("/v1/consents", method: .GET)
+        #expect(method.status == 405 && code(method) == "method_not_allowed")
+        let tooYoung = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "parent_with_custody", with: "self"))
+        #expect(tooYoung.status == 422 && tooYoung.json?["detail"]?.stringValue?.contains("under 12") == true)
+        let notEntitled = try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "vt-investigation", "subject": "\#(Self.child)", "open": true}"#)
+        #expect(notEntitled.status == 403 && code(notEntitled) == "forbidden")
+        let key = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["a"]), headers: [("idempotency-key", "same")])
+        #expect(key.status == 403)
+        let conflict = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["b"]), headers: [("idempotency-key", "same")])
+        #expect(conflict.status == 409 && code(conflict) == "idempotency_conflict")
+        await team.close()
+        // Over the body limit: 413, and the connection is closed (so a connection of its own).
+        let fresh = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let large = try await post(fresh, "/v1/exchanges", Self.exchangeBody(consents: ["x"], extraData: #", "note": {"text": "\#(String(repeating: "x", count: 5000))"}"#))
+        #expect(large.status == 413 && code(large) == "payload_too_large")
+        await fresh.close()
+    }
+
+    @Test("a supervision order registered by the Board lets any partner inform the institution carrying it out (Jw 7.3.11-4)")
+    func supervisionOrderFact() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let body = """
+            {"caseTable": "mda-zhz", "purpose": "supervision-order-information", "recipient": "jeugdbescherming-west",
+             "basis": {"type": "safety-exception", "ground": "jw-7.3.11-4", "justification": "informatie voor de uitvoering van de OTS", "professional": "wt-3"},
+             "subjects": [{"bsn": "\(Self.child)", "role": "child", "age": 9}], "data": {"identity": {"bsn": "\(Self.child)"}}}
+            """
+        #expect(try await post(team, "/v1/exchanges", body).status == 403, "no order registered yet")
+        let board = PKIFixture.partner("raad-kinderbescherming")
+        let boardClient = try await TestHTTPSClient.connect(port: gateway.port, cert: board.cert, key: board.key)
+        let fact = try await post(boardClient, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "supervision-order", "subject": "\#(Self.child)", "active": true, "institution": "jeugdbescherming-west"}"#)
+        #expect(fact.status == 201, "\(fact.body)")
+        let sent = try await post(team, "/v1/exchanges", body)
+        #expect(sent.status == 201, "\(sent.body)")
+        await team.close()
+        await boardClient.close()
+    }
+
+    @Test("a second TLS stack (GnuTLS) sends an exchange and reads the answer")
+    func gnutlsExchange() throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let body = Self.exchangeBody(consents: ["none"])
+        let request = "POST /v1/exchanges HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        // gnutls-cli stops at the end of its input: keep it open until the answer (written to the log first) is back.
+        let requestFile = gateway.directory + "/request.http"
+        try write(request, to: requestFile)
+        let command = "(cat '\(requestFile)'; sleep 3) | gnutls-cli --x509cafile '\(PKIFixture.path("ca.crt"))' --x509certfile '\(wijkteam.cert)' --x509keyfile '\(wijkteam.key)' --port \(gateway.port) --logfile /dev/null localhost"
+        let r = try runProcess("/bin/bash", ["-c", command])
+        #expect(r.stdout.contains("HTTP/1.1 403 Forbidden"), "\(r.stdout.suffix(600)) \(r.stderr.suffix(300))")
+        #expect(r.stdout.contains("\"code\":\"exchange_denied\""))
+    }
+
+    @Test("a restart loses nothing accepted: the inbox and the exchange state survive")
+    func survivesRestart() async throws {
+        let gateway = try GatewayProcess()
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        var sent: [String] = []
+        for _ in 0..<5 {
+            let r = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
+            #expect(r.status == 201)
+            if let id = r.json?["exchangeId"]?.stringValue { sent.append(id) }
+        }
+        await team.close()
+        #expect(gateway.stop() == 0)
+        let again = try GatewayProcess(directory: gateway.directory, configPath: gateway.configPath, arguments: ["serve", "--config", gateway.configPath])
+        defer { again.stop() }
+        let vtClient = try await TestHTTPSClient.connect(port: again.port, cert: vt.cert, key: vt.key)
+        let items = try await vtClient.request("/v1/inbox?limit=3")
+        #expect(items.json?["items"]?.arrayValue?.count == 3)
+        let next = try #require(items.json?["next"]?.stringValue)
+        let rest = try await vtClient.request("/v1/inbox?after=\(next)")
+        let all = (items.json?["items"]?.arrayValue ?? []) + (rest.json?["items"]?.arrayValue ?? [])
+        #expect(all.compactMap { $0["exchangeId"]?.stringValue } == sent)
+        await vtClient.close()
+    }
+}
