@@ -14,6 +14,7 @@ struct Demo: AsyncParsableCommand {
     @Option(help: "The main listener, HOST:PORT.") var listen: String = "127.0.0.1:8443"
     @Option(name: .customLong("ops-listen"), help: "The operations listener, HOST:PORT.") var opsListen: String = "127.0.0.1:9443"
     @Option(help: "The policy directory.") var policies: String = "Policies"
+    @Flag(name: .customLong("no-scenario"), help: "Serve without running the example scenario.") var noScenario = false
 
     func run() async throws {
         let fm = FileManager.default
@@ -64,6 +65,7 @@ struct Demo: AsyncParsableCommand {
         if configuration.masterKeyPath == nil { configuration.masterKeyPath = keyPath }
         let pki = pkiDirectory
         let displayed = dir
+        let runScenario = !noScenario
         try await runGateway(configuration) { addresses in
             let port = addresses.main.port ?? 8443
             announce(
@@ -96,6 +98,8 @@ struct Demo: AsyncParsableCommand {
 
                 Certificates: \(pki)/README.txt. Stop with Ctrl-C (graceful shutdown).
                 """)
+            if !runScenario { return }
+            Task { await DemoScenario.run(port: port, pki: pki) }
         }
     }
 }

@@ -82,6 +82,7 @@ final class GatewayProcess: @unchecked Sendable {
 
     var pid: Int32 { process.processIdentifier }
     var stderr: String { errors.value }
+    var stdout: String { output.value }
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
