@@ -32,6 +32,7 @@ test: test-deps
 	$(BIN_DEBUG) policy check Policies
 	$(BIN_DEBUG) policy test Policies
 	python3 scripts/check_schema.py
+	python3 scripts/check_openapi.py
 	$(SWIFT) test --skip-build --no-parallel 2>&1 | tee .build/swift-test-output.txt
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 	$(BIN_DEBUG) bench log --entries 2000 --report-entries 5000

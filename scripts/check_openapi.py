@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Checks openapi.yaml against the server's code (part of `make test`): the document parses,
+every $ref resolves, every route the server answers is described, every problem code the server
+can send is in the Problem schema's enum, and the exchange request schema accepts the contract's
+example and refuses an unknown member (the server does the same; see ExchangeTests)."""
+import glob, json, os, re, sys
+import jsonschema, yaml
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+doc = yaml.safe_load(open(os.path.join(root, "openapi.yaml")))
+failed = []
+
+
+def resolve(ref):
+    node = doc
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def walk(node, where):
+    if isinstance(node, dict):
+        if "$ref" in node:
+            try:
+                resolve(node["$ref"])
+            except KeyError:
+                failed.append(f"{where}: unresolved $ref {node['$ref']}")
+        for k, v in node.items():
+            walk(v, f"{where}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            walk(v, f"{where}/{i}")
+
+
+walk(doc, "#")
+
+# Routes the server answers (route templates in the Swift sources).
+sources = "".join(open(p).read() for p in glob.glob(os.path.join(root, "Sources", "KetenpoortServer", "*.swift")))
+expected = {
+    "/v1/whoami", "/v1/exchanges", "/v1/exchanges/{id}", "/v1/consents", "/v1/consents/{id}/withdraw", "/v1/facts", "/v1/inbox",
+    "/v1/inbox/{id}/ack", "/v1/reviews", "/v1/reviews/{id}", "/v1/reidentifications", "/v1/audit/checkpoint", "/v1/audit/public-key",
+    "/v1/audit/consistency", "/v1/audit/entries", "/v1/audit/entries/{sequence}/proof", "/health", "/health/live", "/metrics",
+}
+for path in sorted(expected - set(doc["paths"])):
+    failed.append(f"route {path} is served but not described")
+for path in sorted(set(doc["paths"]) - expected):
+    failed.append(f"route {path} is described but not in this check's list of served routes")
+
+# Problem codes: every KetenpoortError.Code the HTTP layer maps, and those defined in the server.
+codes = set(doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"])
+mapped = set(re.findall(r"case \.(\w+): return \(\.", sources))
+core = open(os.path.join(root, "Sources", "KetenpoortCore", "KetenpoortError.swift")).read()
+names = dict(re.findall(r'static let (\w+) = Code\("([a-z_]+)"\)', core))
+names.update(dict(re.findall(r'static let (\w+) = KetenpoortError\.Code\("([a-z_]+)"\)', sources)))
+for name in sorted(mapped):
+    if name in names and names[name] not in codes:
+        failed.append(f"problem code {names[name]} can be sent but is not in the Problem enum")
+
+# The exchange request schema: the contract's example passes, an unknown member does not.
+schema = dict(doc["components"]["schemas"]["ExchangeRequest"])
+example = {
+    "caseTable": "mda-zhz", "purpose": "safety-assessment", "recipient": "veilig-thuis-zhz", "caseRef": "x",
+    "basis": {"type": "consent", "consentIds": ["c-1"]}, "subjects": [{"bsn": "999990019", "role": "child"}],
+    "data": {"identity": {"bsn": "999990019", "name": "n", "birthDate": "2015-04-01"}, "concern_signal": {"summary": "s"}},
+}
+jsonschema.validate(example, schema)
+try:
+    jsonschema.validate(dict(example, colour="blue"), schema)
+    failed.append("ExchangeRequest accepts an unknown member")
+except jsonschema.ValidationError:
+    pass
+
+for f in failed:
+    print(f"openapi.yaml: {f}")
+if failed:
+    sys.exit(1)
+print(f"openapi.yaml: {len(doc['paths'])} paths, every $ref resolves, routes and problem codes match the server")
