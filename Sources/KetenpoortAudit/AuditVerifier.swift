@@ -147,6 +147,10 @@ public enum AuditVerifier {
         let firstRoot = first.root()
         func root(at size: Int64) -> [UInt8]? {
             if size == 0 { return MerkleTree.emptyRoot }
+            if size == total {
+                guard let second, split > 0 else { return first.root() }
+                return second.last > split ? MerkleTree.nodeHash(firstRoot, second.root()) : firstRoot
+            }
             if split == 0 || size <= split { return first.roots[size] }
             guard let rest = second?.roots[size] else { return nil }
             return MerkleTree.nodeHash(firstRoot, rest)

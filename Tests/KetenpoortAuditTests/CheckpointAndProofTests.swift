@@ -53,6 +53,7 @@ struct CheckpointAndProofTests {
         let report = try AuditVerifier.verify(path: path, keys: verifiers)
         #expect(report.isValid, "\(report.problem ?? "")")
         #expect(report.checkpointsVerified == 4)
+        #expect(report.treeHead == MerkleTree.root(leaves))
     }
 
     @Test("a tree head is signed T seconds after the last one when entries are waiting")
@@ -130,6 +131,10 @@ struct CheckpointAndProofTests {
         let halves = try AuditVerifier.verify(path: path, keys: verifiers, external: kept.note, splitFrom: 8)
         #expect(whole.isValid && halves.isValid)
         #expect(halves.treeHead == whole.treeHead)
+        var leaves: [[UInt8]] = []
+        try SQLiteAuditStore(readingFrom: path).entries(matching: AuditQuery()) { leaves.append($0.leafHash); return true }
+        #expect(whole.treeHead == MerkleTree.root(leaves))
+        #expect(whole.treeHead != MerkleTree.emptyRoot)
         #expect(halves.checkpointsVerified == whole.checkpointsVerified)
         #expect(halves.checkpointsVerified >= 12)
         for (sql, first) in [

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""End-to-end exchanges/s against nginx's static mTLS answer: the same load generator
+(`ketenpoort bench`), the same certificates and libssl, 16 connections, the same run.
+
+The exchange: consent basis (a registered consent of a 14-year-old), ~2 KB JSON, the route
+`jgz-shares-with-local-team` of `lokaal-dordrecht` (identity.bsn pseudonymised, birthDate to an
+age band, postcode to four digits; health summary kept), decided by the policy, logged durably
+(WAL, synchronous=FULL, group commit) and delivered to the sealed inbox in the same transaction.
+Then the p99 latency at half the measured exchange rate. `--smoke` runs briefly, unpinned."""
+import argparse, json, os, shutil, signal, ssl, socket, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench as common  # noqa: E402
+
+ROOT = common.ROOT
+CHILD = "999990019"  # test range, 11-check
+
+
+def request(port, pki, partner, method, path, body):
+    ctx = ssl.create_default_context(cafile=f"{pki}/ca.crt")
+    ctx.load_cert_chain(f"{pki}/partners/{partner}.crt", f"{pki}/partners/{partner}.key")
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
+        data = json.dumps(body).encode()
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    head, _, payload = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload or b"null")
+
+
+def load(binary, port, pki, partner, smoke, pid, extra):
+    argv = [binary, "bench", "--url", f"https://127.0.0.1:{port}" + extra[0], "--cert", f"{pki}/partners/{partner}.crt",
+            "--key", f"{pki}/partners/{partner}.key", "--ca", f"{pki}/ca.crt", "--json", "--server-pid", str(pid)] + extra[1:]
+    out = subprocess.run(common.pinned(1, argv, smoke), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=os.path.join(ROOT, ".build/release/ketenpoort"))
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    args = parser.parse_args()
+    binary = os.path.abspath(args.bin)
+    seconds = 1.0 if args.smoke else args.seconds
+    runs = 1 if args.smoke else 3
+    work = tempfile.mkdtemp(prefix="ketenpoort-bench-exchanges-")
+    pki = os.path.join(work, "pki")
+    subprocess.run([binary, "pki", "init", pki, "--partners", os.path.join(ROOT, "Policies/partners.yaml")], check=True, stdout=subprocess.DEVNULL)
+    steal_before = common.cpu_steal()
+    gateway, gport = common.start_gateway(binary, work, pki, args.smoke)
+    nginx, nport, nworker = common.start_nginx(work, pki, args.smoke)
+    try:
+        status, answer = request(gport, pki, "jgz-zhz", "POST", "/v1/consents", {
+            "caseTable": "lokaal-dordrecht", "subject": {"bsn": CHILD, "age": 14}, "grantor": {"capacity": "self"},
+            "purposes": ["safety-plan"], "recipients": ["wijkteam-dordrecht"], "categories": ["identity", "health"]})
+        if status != 201:
+            raise SystemExit(f"consent: {status} {answer}")
+        body = {
+            "caseTable": "lokaal-dordrecht", "purpose": "safety-plan", "recipient": "wijkteam-dordrecht",
+            "basis": {"type": "consent", "consentIds": [answer["consentId"]]},
+            "subjects": [{"bsn": CHILD, "role": "child", "age": 14}],
+            "data": {"identity": {"bsn": CHILD, "name": "Bench Testkind", "birthDate": "2012-03-04", "postcode": "3311AB"},
+                     "health": {"summary": "groeicurve en zorgsignalen; " + "x" * 1500}},
+        }
+        body_path = os.path.join(work, "exchange.json")
+        with open(body_path, "w") as f:
+            json.dump(body, f)
+        size = os.path.getsize(body_path)
+        status, first = request(gport, pki, "jgz-zhz", "POST", "/v1/exchanges", body)
+        if status != 201:
+            raise SystemExit(f"exchange: {status} {first}")
+        exchange = ["/v1/exchanges", "--method", "POST", "--body", body_path, "--header", "content-type: application/json",
+                    "--connections", "16", "--duration", str(seconds), "--expect-status", "201"]
+        static = ["/v1/whoami", "--connections", "16", "--duration", str(seconds)]
+        results = {"ketenpoort": [], "nginx": []}
+        for run in range(runs):
+            for server in (["ketenpoort", "nginx"] if run % 2 == 0 else ["nginx", "ketenpoort"]):
+                if server == "ketenpoort":
+                    r = load(binary, gport, pki, "jgz-zhz", args.smoke, gateway.pid, exchange)
+                else:
+                    r = load(binary, nport, pki, "jgz-zhz", args.smoke, nworker, static)
+                if r["errors"]:
+                    raise SystemExit(f"{server}: errors {r['errors']}")
+                results[server].append(r)
+        ours = statistics.median(r["requests_per_second"] for r in results["ketenpoort"])
+        theirs = statistics.median(r["requests_per_second"] for r in results["nginx"])
+        half = max(1.0, ours / 2)
+        paced = load(binary, gport, pki, "jgz-zhz", args.smoke, gateway.pid,
+                     exchange[:-4] + ["--duration", str(seconds), "--rate", str(half), "--expect-status", "201"])
+        if paced["errors"]:
+            raise SystemExit(f"paced: errors {paced['errors']}")
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        nginx.send_signal(signal.SIGQUIT)
+        gateway.wait(timeout=60)
+        nginx.wait(timeout=30)
+    verify = subprocess.run([binary, "log", "verify", "--db", os.path.join(work, "bench.db")], capture_output=True, text=True)
+    steal_after = common.cpu_steal()
+    steal = 100.0 * (steal_after[0] - steal_before[0]) / max(1, steal_after[1] - steal_before[1])
+    print(f"CPU stolen by the hypervisor during the run: {steal:.1f}%")
+    print(f"exchange body {size} bytes; {runs} alternating runs of {seconds:.0f} s, 16 connections, medians")
+    for server, label in (("ketenpoort", "exchanges/s (decided, logged, delivered)"), ("nginx", "nginx static mTLS requests/s")):
+        rs = results[server]
+        print(f"{label:44} {statistics.median(r['requests_per_second'] for r in rs):10.1f}   p50 {statistics.median(r['latency_p50_ms'] for r in rs):7.3f} ms"
+              f"   p99 {statistics.median(r['latency_p99_ms'] for r in rs):7.3f} ms   CPU {statistics.median(r.get('server_cpu_us_per_request', 0) for r in rs):7.1f} µs/req")
+    print(f"{'ratio':44} {ours / max(theirs, 1e-9):10.3f}   (goal >= 0.5)")
+    print(f"at half that load ({half:.0f}/s): p50 {paced['latency_p50_ms']:.3f} ms, p99 {paced['latency_p99_ms']:.3f} ms   (goal p99 <= 10 ms)")
+    print(f"log: {verify.stdout.strip().splitlines()[0] if verify.stdout else verify.stderr.strip()}")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, "exchanges-smoke.json" if args.smoke else "exchanges.json")
+    with open(out, "w") as f:
+        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced,
+                   "body_bytes": size, "cpu_steal_percent": round(steal, 1), "machine": common.machine()}, f, indent=2)
+    print(f"written {out}")
+    if verify.returncode != 0:
+        raise SystemExit("the log does not verify after the benchmark")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
