@@ -61,66 +61,96 @@ public enum JSONValue: Sendable, Hashable {
     /// Compact serialisation. With `sortedKeys`, object members are written in key order
     /// (a canonical form for hashing and comparison).
     public func serialized(sortedKeys: Bool = false) -> String {
-        var out = ""
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
+        write(to: &out, sortedKeys: sortedKeys)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The serialisation as UTF-8 bytes (no String in between).
+    public func serializedBytes(sortedKeys: Bool = false) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
         write(to: &out, sortedKeys: sortedKeys)
         return out
     }
 
     public func write(to out: inout String, sortedKeys: Bool) {
+        out += serialized(sortedKeys: sortedKeys)
+    }
+
+    /// Writes UTF-8 into a byte buffer. Object keys, with `sortedKeys`, are ordered by their UTF-8
+    /// bytes. Strings escape `"`, `\`, control characters, and `<`, `>`, `&` (safe inside HTML).
+    public func write(to out: inout [UInt8], sortedKeys: Bool) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
+        case .null: out.append(contentsOf: JSONValue.nullBytes)
+        case .bool(let b): out.append(contentsOf: b ? JSONValue.trueBytes : JSONValue.falseBytes)
         case .number(let n):
             if n.rounded() == n && abs(n) < 9.0e15 {
-                out += String(Int64(n))
+                out.append(contentsOf: String(Int64(n)).utf8)
             } else if n.isFinite {
-                out += "\(n)"
+                out.append(contentsOf: "\(n)".utf8)
             } else {
-                out += "null"
+                out.append(contentsOf: JSONValue.nullBytes)
             }
         case .string(let s): JSONValue.writeString(s, to: &out)
         case .array(let items):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (index, item) in items.enumerated() {
-                if index > 0 { out += "," }
+                if index > 0 { out.append(UInt8(ascii: ",")) }
                 item.write(to: &out, sortedKeys: sortedKeys)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .object(let members):
-            out += "{"
-            let ordered = sortedKeys ? members.sorted(by: { $0.0 < $1.0 }) : members
+            out.append(UInt8(ascii: "{"))
+            let ordered = sortedKeys ? members.sorted(by: { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }) : members
             for (index, (key, value)) in ordered.enumerated() {
-                if index > 0 { out += "," }
+                if index > 0 { out.append(UInt8(ascii: ",")) }
                 JSONValue.writeString(key, to: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 value.write(to: &out, sortedKeys: sortedKeys)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func writeString(_ s: String, to out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "<": out += "\\u003c"  // safe to embed in HTML
-            case ">": out += "\\u003e"
-            case "&": out += "\\u0026"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+    static let nullBytes = Array("null".utf8)
+    static let trueBytes = Array("true".utf8)
+    static let falseBytes = Array("false".utf8)
+    static let hexDigits = Array("0123456789abcdef".utf8)
+
+    static func writeString(_ s: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { bytes in
+            var runStart = 0
+            var i = 0
+            func flush() {
+                if i > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
             }
+            while i < bytes.count {
+                let b = bytes[i]
+                let escape: [UInt8]?
+                switch b {
+                case 0x22: escape = [0x5c, 0x22]  // \"
+                case 0x5c: escape = [0x5c, 0x5c]  // \\
+                case 0x0a: escape = [0x5c, UInt8(ascii: "n")]
+                case 0x0d: escape = [0x5c, UInt8(ascii: "r")]
+                case 0x09: escape = [0x5c, UInt8(ascii: "t")]
+                case 0x3c, 0x3e, 0x26, 0x00..<0x20:  // < > & and other control characters: \u00XX
+                    escape = [0x5c, UInt8(ascii: "u"), 0x30, 0x30, hexDigits[Int(b >> 4)], hexDigits[Int(b & 0x0f)]]
+                default: escape = nil
+                }
+                if let escape {
+                    flush()
+                    out.append(contentsOf: escape)
+                    runStart = i + 1
+                }
+                i += 1
+            }
+            flush()
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }
 
