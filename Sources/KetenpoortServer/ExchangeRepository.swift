@@ -85,6 +85,14 @@ final class ExchangeRepository: @unchecked Sendable {
     init(path: String) throws {
         database = try SQLiteDatabase(path: path)
         try database.execute(ExchangeRepository.schema)
+        // Push delivery state (added after the first inbox schema; older databases get the columns).
+        var columns: Set<String> = []
+        let info = try database.prepare("PRAGMA table_info(inbox)")
+        while try info.step() { if let name = info.string(1) { columns.insert(name) } }
+        for (column, type) in [("push_attempts", "INTEGER NOT NULL DEFAULT 0"), ("next_push_at", "TEXT"), ("pushed_at", "TEXT"), ("push_error", "TEXT")]
+        where !columns.contains(column) {
+            try database.execute("ALTER TABLE inbox ADD COLUMN \(column) \(type)")
+        }
     }
 
     /// Runs `body` with the connection, one caller at a time; prepared statements are reused.
@@ -270,6 +278,8 @@ final class ExchangeRepository: @unchecked Sendable {
         let sealed: [UInt8]?
         let deliveredAt: String
         let acknowledgedAt: String?
+        var pushedAt: String? = nil
+        var pushAttempts = 0
     }
 
     func inbox(recipient: String, after: Int64, limit: Int) throws -> [InboxRow] {
@@ -288,13 +298,69 @@ final class ExchangeRepository: @unchecked Sendable {
         }
     }
 
+    struct PushRow {
+        let id: Int64
+        let exchangeID: String
+        let recipient: String
+        let sealed: [UInt8]
+        let deliveredAt: String
+        let attempts: Int
+    }
+
+    /// Items for recipients with an endpoint that are due for a push (not acknowledged, not pushed).
+    func duePushes(recipients: [String], now: String, limit: Int) throws -> [PushRow] {
+        guard !recipients.isEmpty else { return [] }
+        return try with { statement in
+            let marks = Array(repeating: "?", count: recipients.count).joined(separator: ", ")
+            let s = try statement(
+                "SELECT id, exchange_id, recipient, sealed_payload, delivered_at, push_attempts FROM inbox WHERE acknowledged_at IS NULL AND sealed_payload IS NOT NULL AND recipient IN (\(marks)) AND (next_push_at IS NULL OR next_push_at <= ?) ORDER BY id LIMIT ?")
+            for (i, r) in recipients.enumerated() { s.bind(Int32(i + 1), r) }
+            s.bind(Int32(recipients.count + 1), now)
+            s.bind(Int32(recipients.count + 2), Int64(limit))
+            var rows: [PushRow] = []
+            while try s.step() {
+                guard let sealed = s.blob(3) else { continue }
+                rows.append(PushRow(id: s.int64(0), exchangeID: s.string(1) ?? "", recipient: s.string(2) ?? "", sealed: sealed, deliveredAt: s.string(4) ?? "", attempts: Int(s.int64(5))))
+            }
+            s.reset()
+            return rows
+        }
+    }
+
+    /// The partner's endpoint answered 2xx: that is its acknowledgement; the payload is erased.
+    func markPushed(id: Int64, at time: String) throws {
+        try with { statement in
+            let s = try statement("UPDATE inbox SET pushed_at = ?, acknowledged_at = coalesce(acknowledged_at, ?), sealed_payload = NULL, push_error = NULL WHERE id = ?")
+            s.bind(1, time)
+            s.bind(2, time)
+            s.bind(3, id)
+            try s.step()
+            s.reset()
+        }
+    }
+
+    /// A failed push: the next attempt after the backoff; the reason names no data.
+    func markPushFailed(id: Int64, attempts: Int, next: String, reason: String) throws {
+        try with { statement in
+            let s = try statement("UPDATE inbox SET push_attempts = ?, next_push_at = ?, push_error = ? WHERE id = ?")
+            s.bind(1, Int64(attempts))
+            s.bind(2, next)
+            s.bind(3, reason)
+            s.bind(4, id)
+            try s.step()
+            s.reset()
+        }
+    }
+
     func delivery(exchangeID: String) throws -> InboxRow? {
         try with { statement in
-            let s = try statement("SELECT id, exchange_id, NULL, delivered_at, acknowledged_at FROM inbox WHERE exchange_id = ?")
+            let s = try statement("SELECT id, exchange_id, NULL, delivered_at, acknowledged_at, pushed_at, push_attempts FROM inbox WHERE exchange_id = ?")
             s.bind(1, exchangeID)
             defer { s.reset() }
             guard try s.step() else { return nil }
-            return InboxRow(id: s.int64(0), exchangeID: s.string(1) ?? "", sealed: nil, deliveredAt: s.string(3) ?? "", acknowledgedAt: s.string(4))
+            return InboxRow(
+                id: s.int64(0), exchangeID: s.string(1) ?? "", sealed: nil, deliveredAt: s.string(3) ?? "", acknowledgedAt: s.string(4), pushedAt: s.string(5),
+                pushAttempts: Int(s.int64(6)))
         }
     }
 

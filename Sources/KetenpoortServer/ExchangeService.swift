@@ -346,6 +346,7 @@ final class ExchangeService: Sendable {
                 ("delivery", .object([
                     ("state", .string(delivery.acknowledgedAt == nil ? "delivered" : "acknowledged")), ("deliveredAt", .string(delivery.deliveredAt)),
                     ("acknowledgedAt", delivery.acknowledgedAt.map { .string($0) } ?? .null),
+                    ("pushedAt", delivery.pushedAt.map { .string($0) } ?? .null), ("pushAttempts", .number(Double(delivery.pushAttempts))),
                 ])))
         } else {
             members.append(("delivery", .object([("state", "none")])))

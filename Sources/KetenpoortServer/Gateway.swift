@@ -1,6 +1,7 @@
 import Foundation
 import KetenpoortCore
 import KetenpoortPolicy
+import KetenpoortTLS
 import Logging
 import ServiceLifecycle
 
@@ -64,7 +65,22 @@ public enum Gateway {
             audit.close()
             throw error
         }
-        return GatewayService(server: server, onReady: onReady, onStopped: { audit.close() })
+        var background: [@Sendable () async -> Void] = []
+        if let certificate = configuration.clientCertificatePath, let key = configuration.clientPrivateKeyPath {
+            // Push delivery to partners with a `delivery_endpoint`, with the gateway's client certificate;
+            // the partners' servers are trusted through the same CA bundle as their clients.
+            let context: TLSContext
+            do {
+                context = try TLSContext(configuration: .client(certificateChainPath: certificate, privateKeyPath: key, trustRootsPath: configuration.clientCAPath))
+            } catch {
+                audit.close()
+                throw error
+            }
+            let push = PushDelivery(
+                repository: repository, service: application.exchanges, state: state, context: context, logger: logger, group: server.group)
+            background.append { await push.run() }
+        }
+        return GatewayService(server: server, onReady: onReady, onStopped: { audit.close() }, background: background)
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

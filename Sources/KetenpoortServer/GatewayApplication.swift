@@ -58,11 +58,13 @@ public struct GatewayApplication: GatewayResponder {
     public let state: GatewayState
     public let audit: GatewayAudit
     let exchanges: ExchangeService
+    let repository: ExchangeRepository
 
     init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository) {
         self.state = state
         self.audit = audit
         self.exchanges = ExchangeService(state: state, audit: audit, repository: repository)
+        self.repository = repository
     }
 
     /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.

@@ -8,11 +8,17 @@ public struct GatewayService: Service {
     public let server: GatewayServer
     let onReady: @Sendable (GatewayAddresses) -> Void
     let onStopped: @Sendable () -> Void
+    /// Work that runs while the gateway serves (push delivery), cancelled on shutdown.
+    let background: [@Sendable () async -> Void]
 
-    public init(server: GatewayServer, onReady: @escaping @Sendable (GatewayAddresses) -> Void, onStopped: @escaping @Sendable () -> Void = {}) {
+    public init(
+        server: GatewayServer, onReady: @escaping @Sendable (GatewayAddresses) -> Void, onStopped: @escaping @Sendable () -> Void = {},
+        background: [@Sendable () async -> Void] = []
+    ) {
         self.server = server
         self.onReady = onReady
         self.onStopped = onStopped
+        self.background = background
     }
 
     public func run() async throws {
@@ -32,6 +38,7 @@ public struct GatewayService: Service {
                     await server.reloadPolicies()
                 }
             }
+            for work in background { group.addTask { await work() } }
             // Returns when graceful shutdown is triggered (or the task is cancelled).
             try? await gracefulShutdown()
             group.cancelAll()

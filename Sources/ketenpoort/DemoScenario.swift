@@ -1,5 +1,5 @@
 import Foundation
-import KetenpoortBench
+import KetenpoortServer
 import KetenpoortCore
 import NIOCore
 import NIOPosix

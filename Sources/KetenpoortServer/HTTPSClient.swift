@@ -6,8 +6,7 @@ import NIOHTTP1
 import NIOPosix
 
 /// A minimal mutual-TLS HTTP/1.1 client on the project's OpenSSL handler: one request per
-/// connection, the whole answer collected. For the demo scenario and operators' scripts, not
-/// for load (see ``LoadGenerator``).
+/// connection, the whole answer collected. Push delivery and the demo scenario use it.
 public struct HTTPSClient: Sendable {
     public struct Response: Sendable {
         public let status: Int
@@ -20,10 +19,19 @@ public struct HTTPSClient: Sendable {
     let port: Int
     let group: EventLoopGroup
 
-    public init(port: Int, certificate: String, key: String, ca: String, host: String = "127.0.0.1", group: EventLoopGroup) throws {
-        self.context = try TLSContext(configuration: .client(certificateChainPath: certificate, privateKeyPath: key, trustRootsPath: ca))
+    let serverName: String
+
+    public init(port: Int, certificate: String, key: String, ca: String, host: String = "127.0.0.1", serverName: String = "localhost", group: EventLoopGroup) throws {
+        self.init(
+            context: try TLSContext(configuration: .client(certificateChainPath: certificate, privateKeyPath: key, trustRootsPath: ca)), host: host,
+            port: port, serverName: serverName, group: group)
+    }
+
+    public init(context: TLSContext, host: String, port: Int, serverName: String, group: EventLoopGroup) {
+        self.context = context
         self.host = host
         self.port = port
+        self.serverName = serverName
         self.group = group
     }
 
@@ -31,12 +39,14 @@ public struct HTTPSClient: Sendable {
         let loop = group.next()
         let done = loop.makePromise(of: Response.self)
         let collector = Collector(done: done)
-        let channel = try await ClientBootstrap(group: loop)
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: loop)
             .connectTimeout(timeout)
-            .channelInitializer { [context] channel in
+            .channelInitializer { [context, serverName] channel in
                 do {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(OpenSSLHandler(context: context, serverHostname: "localhost"))
+                    try sync.addHandler(OpenSSLHandler(context: context, serverHostname: serverName))
                     try sync.addHTTPClientHandlers()
                     try sync.addHandler(collector)
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -45,8 +55,13 @@ public struct HTTPSClient: Sendable {
                 }
             }
             .connect(host: host, port: port).get()
+        } catch {
+            // Never leave the promise unfulfilled.
+            loop.execute { collector.finish(.failure(error)) }
+            throw error
+        }
         var headers = HTTPHeaders()
-        headers.add(name: "host", value: "localhost")
+        headers.add(name: "host", value: serverName)
         headers.add(name: "connection", value: "close")
         if let json {
             headers.add(name: "content-type", value: "application/json")

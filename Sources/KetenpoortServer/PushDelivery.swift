@@ -1,0 +1,99 @@
+import Foundation
+import KetenpoortAudit
+import KetenpoortCore
+import KetenpoortTLS
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Pushes inbox items to partners that have a `delivery_endpoint` in `partners.yaml`, over
+/// mutual TLS with the gateway's client certificate (`client_tls`). A 2xx answer is the
+/// partner's acknowledgement (the payload is then erased); anything else is retried with
+/// exponential backoff (1 s, 2 s, 4 s … at most 5 minutes). The state lives in the inbox rows,
+/// so a restart resumes where it stopped; the inbox stays readable meanwhile.
+final class PushDelivery: Sendable {
+    let repository: ExchangeRepository
+    let service: ExchangeService
+    let state: GatewayState
+    let context: TLSContext
+    let logger: Logger
+    let group: EventLoopGroup
+    let interval: Duration
+
+    init(repository: ExchangeRepository, service: ExchangeService, state: GatewayState, context: TLSContext, logger: Logger, group: EventLoopGroup, interval: Duration = .milliseconds(500)) {
+        self.repository = repository
+        self.service = service
+        self.state = state
+        self.context = context
+        self.logger = logger
+        self.group = group
+        self.interval = interval
+    }
+
+    static func backoff(attempts: Int) -> TimeInterval { min(300, pow(2, Double(max(0, attempts - 1)))) }
+
+    /// Runs until the task is cancelled.
+    func run() async {
+        while !Task.isCancelled {
+            await deliverDue()
+            do { try await Task.sleep(for: interval) } catch { return }
+        }
+    }
+
+    func deliverDue() async {
+        let endpoints = Dictionary(
+            state.snapshot.registry.partners.compactMap { p in p.deliveryEndpoint.flatMap(URL.init(string:)).map { (p.id, $0) } },
+            uniquingKeysWith: { first, _ in first })
+        guard !endpoints.isEmpty else { return }
+        let due: [ExchangeRepository.PushRow]
+        do {
+            due = try repository.duePushes(recipients: Array(endpoints.keys), now: AuditClock.timestamp(), limit: 64)
+        } catch {
+            logger.error("push delivery: the inbox cannot be read", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
+            return
+        }
+        for row in due {
+            guard let url = endpoints[row.recipient] else { continue }
+            let outcome = await push(row, to: url)
+            do {
+                switch outcome {
+                case .success:
+                    try repository.markPushed(id: row.id, at: AuditClock.timestamp())
+                case .failure(let reason):
+                    let attempts = row.attempts + 1
+                    let next = AuditClock.timestamp(Date().addingTimeInterval(PushDelivery.backoff(attempts: attempts)))
+                    try repository.markPushFailed(id: row.id, attempts: attempts, next: next, reason: reason)
+                    logger.warning(
+                        "push delivery failed; will retry", metadata: ["partner": "\(row.recipient)", "attempt": "\(attempts)", "reason": "\(reason)"])
+                }
+            } catch {
+                logger.error("push delivery: the inbox cannot be updated", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
+            }
+        }
+    }
+
+    enum Outcome {
+        case success
+        case failure(String)
+    }
+
+    func push(_ row: ExchangeRepository.PushRow, to url: URL) async -> Outcome {
+        guard url.scheme == "https", let host = url.host else { return .failure("the endpoint is not an https URL") }
+        do {
+            var payload = try service.openPayload(row.sealed, recipient: row.recipient, exchangeID: row.exchangeID)
+            if case .object(var members) = payload {
+                members.insert(("id", .string(String(row.id))), at: 0)
+                members.append(("deliveredAt", .string(row.deliveredAt)))
+                payload = .object(members)
+            }
+            let client = HTTPSClient(context: context, host: host == "localhost" ? "127.0.0.1" : host, port: url.port ?? 443, serverName: host, group: group)
+            let path = url.path.isEmpty ? "/" : url.path
+            let response = try await client.request(.POST, path, json: payload.serialized(), timeout: .seconds(10))
+            return (200...299).contains(response.status) ? .success : .failure("the endpoint answered \(response.status)")
+        } catch let error as KetenpoortError {
+            return .failure(error.message)
+        } catch {
+            return .failure("connection failed (\(type(of: error)))")
+        }
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import KetenpoortCore
+import NIOCore
+import Testing
+
+/// Push delivery to a partner endpoint over mutual TLS, retried across a gateway restart.
+@Suite("Push delivery", .serialized)
+struct PushDeliveryTests {
+    let wijkteam = PKIFixture.partner("wijkteam-dordrecht")
+    let vt = PKIFixture.partner("veilig-thuis-zhz")
+
+    func freePort() throws -> Int {
+        let r = try runProcess("/usr/bin/python3", ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
+        return Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+    }
+
+    /// The example policies with a delivery endpoint for Veilig Thuis.
+    func policies(endpoint: String) throws -> String {
+        let dir = temporaryDirectory("ketenpoort-push-policies")
+        for name in try FileManager.default.contentsOfDirectory(atPath: packageRoot + "/Policies") where name.hasSuffix(".yaml") || name.hasSuffix(".json") {
+            var text = try String(contentsOfFile: packageRoot + "/Policies/" + name, encoding: .utf8)
+            if name == "partners.yaml" {
+                text = text.replacingOccurrences(of: "    kind: veilig_thuis\n", with: "    kind: veilig_thuis\n    delivery_endpoint: \(endpoint)\n")
+            }
+            try write(text, to: dir + "/" + name)
+        }
+        return dir
+    }
+
+    func startReceiver(port: Int, out: String, failures: Int = 0) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [
+            packageRoot + "/scripts/push_receiver.py", String(port), PKIFixture.path("gateway/server.crt"), PKIFixture.path("gateway/server.key"),
+            PKIFixture.path("ca.crt"), out, String(failures),
+        ]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Wait for "listening".
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if String(decoding: drainWithoutBlocking(pipe.fileHandleForReading), as: UTF8.self).contains("listening") { break }
+            usleep(50_000)
+        }
+        return process
+    }
+
+    @Test("an endpoint that is down is retried with backoff; after a gateway restart the item is pushed once, with the gateway's certificate, then erased")
+    func retriedAcrossRestart() async throws {
+        let port = try freePort()
+        let received = temporaryDirectory("ketenpoort-push") + "/received.jsonl"
+        let clientTLS = "client_tls:\n  certificate: \(PKIFixture.path("gateway/client.crt"))\n  key: \(PKIFixture.path("gateway/client.key"))\n"
+        let gateway = try GatewayProcess(extraConfiguration: clientTLS, policies: try policies(endpoint: "https://localhost:\(port)/ketenpoort/inbox"))
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let report = try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "zorgen", "professional": "wt-1",
+                       "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+             "subjects": [{"bsn": "999990019", "role": "child", "age": 9}], "data": {"identity": {"bsn": "999990019"}, "concern_signal": {"summary": "zorgen"}}}
+            """)
+        #expect(report.status == 201, "\(report.body)")
+        let id = try #require(report.json?["exchangeId"]?.stringValue)
+        // Nobody listens yet: attempts are counted, the item waits.
+        var attempts = 0
+        for _ in 0..<40 where attempts < 1 {
+            try await Task.sleep(for: .milliseconds(100))
+            attempts = try await team.request("/v1/exchanges/\(id)").json?["delivery"]?["pushAttempts"]?.intValue ?? 0
+        }
+        #expect(attempts >= 1)
+        await team.close()
+        #expect(gateway.stop() == 0)
+
+        // The endpoint comes up (answering 503 once), the gateway restarts: the push is retried and lands.
+        let receiver = try startReceiver(port: port, out: received, failures: 1)
+        defer { receiver.terminate() }
+        let again = try GatewayProcess(directory: gateway.directory, configPath: gateway.configPath, arguments: ["serve", "--config", gateway.configPath])
+        defer { again.stop() }
+        var lines: [String] = []
+        for _ in 0..<150 where lines.isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+            lines = ((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        #expect(lines.count == 1, "\(again.stderr.suffix(500))")
+        let pushed = try JSONParser.parse(try #require(lines.first))
+        #expect(pushed["path"]?.stringValue == "/ketenpoort/inbox")
+        #expect(pushed["oin"]?.stringValue == "00000009900000000001", "the gateway's client certificate")
+        #expect(pushed["body"]?["exchangeId"]?.stringValue == id)
+        #expect(pushed["body"]?["data"]?["identity"]?["bsn"]?.stringValue == "999990019")
+        let teamAgain = try await TestHTTPSClient.connect(port: again.port, cert: wijkteam.cert, key: wijkteam.key)
+        let state = try await teamAgain.request("/v1/exchanges/\(id)")
+        #expect(state.json?["delivery"]?["state"]?.stringValue == "acknowledged")
+        #expect(state.json?["delivery"]?["pushedAt"]?.stringValue != nil)
+        let vtClient = try await TestHTTPSClient.connect(port: again.port, cert: vt.cert, key: vt.key)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true)
+        await teamAgain.close()
+        await vtClient.close()
+        // Pushed once only.
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").count == 1)
+    }
+}
