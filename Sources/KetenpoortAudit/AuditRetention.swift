@@ -16,15 +16,20 @@ public enum AuditRetention {
     /// At most this many entries are erased per retention entry (a long backlog takes several).
     public static let batchLimit = 50_000
 
-    public static func run(log: AuditLog, store: AuditStore, today: String, dryRun: Bool = false) async throws -> Result {
+    /// - Parameter alsoErase: statements run in the first retention transaction (the gateway's
+    ///   undelivered payloads whose retention ended, for example).
+    public static func run(log: AuditLog, store: AuditStore, today: String, dryRun: Bool = false, alsoErase: [SideWrite] = []) async throws -> Result {
         var result = Result(expired: 0, logSequence: nil)
         var expired = try store.expired(before: today)
         if dryRun { return Result(expired: expired.count, logSequence: nil) }
+        var extra = alsoErase
         while !expired.isEmpty {
             let chunk = Array(expired.prefix(batchLimit))
             expired.removeFirst(chunk.count)
-            let record = AuditRecord(
+            var record = AuditRecord(
                 kind: AuditKind.retention.rawValue, members: [("before", .string(today)), ("count", .number(Double(chunk.count)))], erases: chunk)
+            record.sideWrites = extra
+            extra = []
             result.logSequence = try await log.append(record)
             result.expired += chunk.count
         }

@@ -190,6 +190,13 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         }
     }
 
+    /// Whether the database holds a table of this name (a gateway database also holds the inbox).
+    public func hasTable(_ name: String) -> Bool {
+        guard let statement = try? database.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?") else { return false }
+        statement.bind(1, name)
+        return (try? statement.step()) ?? false
+    }
+
     /// For tests: lets no page be added to this connection's database (a full disk).
     func fillToLimitForTest() throws {
         let count = try database.prepare("PRAGMA page_count")

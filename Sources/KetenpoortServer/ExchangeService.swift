@@ -142,7 +142,7 @@ final class ExchangeService: Sendable {
     static let exchangeMembers: Set<String> = ["caseTable", "purpose", "recipient", "caseRef", "basis", "subjects", "data", "reporter"]
 
     func postExchange(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
-        let (json, bytes) = try body(request)
+        let (json, _) = try body(request)
         let idempotencyKey = request.headers.first(name: "idempotency-key")
         var canonicalHash: [UInt8] = []
         if let key = idempotencyKey {
@@ -167,7 +167,6 @@ final class ExchangeService: Sendable {
             }
             return try await decide(json, caller: caller, idempotency: (key, canonicalHash))
         }
-        _ = bytes
         return try await decide(json, caller: caller, idempotency: nil)
     }
 

@@ -298,7 +298,10 @@ struct LogRetention: AsyncParsableCommand {
         let keys = try keyOptions.loadIfGiven(db: db)
         let log = try AuditLog(path: db, signer: try keys?.signer)
         defer { log.close() }
-        let result = try await AuditRetention.run(log: log, store: try SQLiteAuditStore(readingFrom: db), today: day, dryRun: dryRun)
+        let store = try SQLiteAuditStore(readingFrom: db)
+        // A gateway database also holds payloads waiting for delivery: those past their retention go too.
+        let inbox = store.hasTable("inbox") ? [SideWrite("UPDATE inbox SET sealed_payload = NULL WHERE retain_until IS NOT NULL AND retain_until < ? AND sealed_payload IS NOT NULL", [.text(day)])] : []
+        let result = try await AuditRetention.run(log: log, store: store, today: day, dryRun: dryRun, alsoErase: inbox)
         if dryRun {
             print("\(result.expired) entr\(result.expired == 1 ? "y has" : "ies have") expired before \(day); nothing erased (dry run)")
         } else if let sequence = result.logSequence {

@@ -293,4 +293,27 @@ struct ExchangeTests {
         #expect(all.compactMap { $0["exchangeId"]?.stringValue } == sent)
         await vtClient.close()
     }
+
+    @Test("retention: past its day an undelivered payload and the entry's details are erased; the log still verifies")
+    func retentionErasesPayloads() async throws {
+        let gateway = try GatewayProcess()
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        #expect(try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids)).status == 201)
+        await team.close()
+        #expect(gateway.stop() == 0)
+        let db = gateway.directory + "/ketenpoort.db"
+        let dry = try ketenpoort(["log", "retention", "--db", db, "--keys", gateway.directory + "/keys", "--today", "2100-01-01", "--dry-run"])
+        #expect(dry.stdout.contains("1 entry has expired"), "\(dry.stdout)\(dry.stderr)")
+        let run = try ketenpoort(["log", "retention", "--db", db, "--keys", gateway.directory + "/keys", "--today", "2100-01-01"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let verified = try ketenpoort(["log", "verify", "--db", db, "--keys", gateway.directory + "/keys"])
+        #expect(verified.status == 0, "\(verified.stdout)")
+        #expect(verified.stdout.contains("1 erased at retention"))
+        let again = try GatewayProcess(directory: gateway.directory, configPath: gateway.configPath, arguments: ["serve", "--config", gateway.configPath])
+        defer { again.stop() }
+        let vtClient = try await TestHTTPSClient.connect(port: again.port, cert: vt.cert, key: vt.key)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true, "the payload is gone")
+        await vtClient.close()
+    }
 }
