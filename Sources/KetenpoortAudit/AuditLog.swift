@@ -105,6 +105,7 @@ public final class AuditLog: @unchecked Sendable {
     private let signer: CheckpointSigner?
     private let schedule: CheckpointSchedule
     private var checkpointRequested: [CheckedContinuation<StoredCheckpoint?, Error>] = []
+    private let walCheckpointer: WALCheckpointer?
 
     public convenience init(
         path: String, synchronous: SQLiteDatabase.Synchronous = .full, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil,
@@ -119,6 +120,7 @@ public final class AuditLog: @unchecked Sendable {
         self.maxBatch = maxBatch
         self.signer = signer
         self.schedule = schedule
+        walCheckpointer = (store as? SQLiteAuditStore)?.writablePath.map { WALCheckpointer(path: $0) }
         // The writer holds the log until `close()`: call it when done.
         let thread = Thread { self.writeLoop() }
         thread.name = "ketenpoort-audit-writer"
@@ -132,6 +134,7 @@ public final class AuditLog: @unchecked Sendable {
         condition.signal()
         while !finished { condition.wait() }
         condition.unlock()
+        walCheckpointer?.stop()
     }
 
     /// For tests: lets no page be added to the database (a full disk).
@@ -306,6 +309,43 @@ public final class AuditLog: @unchecked Sendable {
             }
         }
         return result
+    }
+}
+
+/// Copies the WAL back into the database every half second on a connection of its own
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for, or blocks, the writer), so the writer's
+/// commits are not stalled by checkpoints and the WAL does not grow without bound.
+final class WALCheckpointer: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var stopped = false
+    private var finished = false
+
+    init(path: String) {
+        let thread = Thread { [self] in
+            let db = try? SQLiteDatabase(path: path)
+            condition.lock()
+            while !stopped {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: 0.5))
+                if stopped { break }
+                condition.unlock()
+                try? db?.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                condition.lock()
+            }
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+            try? db?.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        }
+        thread.name = "ketenpoort-wal-checkpointer"
+        thread.start()
+    }
+
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
     }
 }
 

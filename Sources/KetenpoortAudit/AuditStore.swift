@@ -174,7 +174,12 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         database = try SQLiteDatabase(path: path, synchronous: synchronous)
         writable = (path, synchronous)
         try database.execute(SQLiteAuditStore.schema)
+        // ``WALCheckpointer`` copies the WAL back beside the writer, so the writer's own
+        // automatic checkpoint (inside a commit, stalling that batch) is rarely reached.
     }
+
+    /// The path of a writable store (for its WAL checkpointer).
+    var writablePath: String? { writable?.path }
 
     /// Opens an existing log for reading only.
     public init(readingFrom path: String) throws {
@@ -205,13 +210,14 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     }
 
     public func tail() throws -> AuditTail {
-        let last = try database.prepare("SELECT sequence, chain_hash FROM audit_entries ORDER BY sequence DESC LIMIT 1")
+        let last = try lookup("SELECT sequence, chain_hash FROM audit_entries ORDER BY sequence DESC LIMIT 1")
         var size: Int64 = 0
         var chain = [UInt8](repeating: 0, count: 32)
         if try last.step() {
             size = last.int64(0)
             chain = last.blob(1) ?? []
         }
+        last.reset()
         if let cached = cachedTail, cached.size == size, cached.chain == chain { return cached }
         var tail = AuditTail.empty
         tail.size = size
@@ -269,7 +275,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 if !batch.entries.isEmpty {
-                    let insert = try database.prepare(
+                    let insert = try lookup(
                         "INSERT INTO audit_entries (sequence, time, kind, retain_until, body, leaf_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
                     for e in batch.entries {
                         insert.reset()
@@ -284,7 +290,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 if !batch.nodes.isEmpty {
-                    let insert = try database.prepare("INSERT INTO audit_tree (level, position, hash) VALUES (?, ?, ?)")
+                    let insert = try lookup("INSERT INTO audit_tree (level, position, hash) VALUES (?, ?, ?)")
                     for n in batch.nodes {
                         insert.reset()
                         insert.bind(1, Int64(n.level))
@@ -294,7 +300,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 if !batch.subjects.isEmpty {
-                    let insert = try database.prepare("INSERT OR IGNORE INTO audit_subjects (pseudonym, sequence) VALUES (?, ?)")
+                    let insert = try lookup("INSERT OR IGNORE INTO audit_subjects (pseudonym, sequence) VALUES (?, ?)")
                     for s in batch.subjects {
                         insert.reset()
                         insert.bind(1, s.pseudonym)
@@ -303,7 +309,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 if !batch.texts.isEmpty {
-                    let insert = try database.prepare("INSERT INTO audit_texts (hash, sequence, sealed) VALUES (?, ?, ?)")
+                    let insert = try lookup("INSERT INTO audit_texts (hash, sequence, sealed) VALUES (?, ?, ?)")
                     for t in batch.texts {
                         insert.reset()
                         insert.bind(1, t.hash)
