@@ -1,6 +1,7 @@
 import Foundation
 import KetenpoortCore
 import NIOCore
+import Synchronization
 import Testing
 
 /// The exchange API end to end over real mutual TLS: consents, facts, decisions, the inbox,
@@ -316,4 +317,61 @@ struct ExchangeTests {
         #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true, "the payload is gone")
         await vtClient.close()
     }
+
+    @Test("the gateway killed (SIGKILL) under load loses no acknowledged exchange: every 201 is in the inbox and the log after a restart")
+    func killedUnderLoad() async throws {
+        let gateway = try GatewayProcess()
+        let setup = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(setup)
+        await setup.close()
+        let body = Self.exchangeBody(consents: ids)
+        let acknowledged = IDList()
+        let port = gateway.port
+        let cert = wijkteam
+        // Eight senders in a loop until the gateway dies under them.
+        let senders = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask {
+                        guard let client = try? await TestHTTPSClient.connect(port: port, cert: cert.cert, key: cert.key) else { return }
+                        while true {
+                            guard let r = try? await client.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: body) else { return }
+                            if r.status == 201, let id = r.json?["exchangeId"]?.stringValue { acknowledged.append(id) }
+                        }
+                    }
+                }
+            }
+        }
+        for _ in 0..<100 where acknowledged.count < 40 { try await Task.sleep(for: .milliseconds(50)) }
+        gateway.signal(SIGKILL)
+        _ = await senders.result
+        let sent = acknowledged.all
+        #expect(sent.count >= 40)
+        let again = try GatewayProcess(directory: gateway.directory, configPath: gateway.configPath, arguments: ["serve", "--config", gateway.configPath])
+        defer { again.stop() }
+        let vtClient = try await TestHTTPSClient.connect(port: again.port, cert: vt.cert, key: vt.key)
+        var delivered: Set<String> = []
+        var cursor = "0"
+        while true {
+            let page = try await vtClient.request("/v1/inbox?after=\(cursor)&limit=500")
+            let items = page.json?["items"]?.arrayValue ?? []
+            if items.isEmpty { break }
+            for item in items { if let id = item["exchangeId"]?.stringValue { delivered.insert(id) } }
+            cursor = page.json?["next"]?.stringValue ?? cursor
+        }
+        await vtClient.close()
+        let missing = sent.filter { !delivered.contains($0) }
+        #expect(missing.isEmpty, "\(missing.count) acknowledged exchanges lost")
+        #expect(again.stop() == 0)
+        let verified = try ketenpoort(["log", "verify", "--db", gateway.directory + "/ketenpoort.db", "--keys", gateway.directory + "/keys"])
+        #expect(verified.status == 0, "\(verified.stdout)")
+    }
+}
+
+/// Ids collected by concurrent tasks.
+final class IDList: Sendable {
+    private let ids = Mutex<[String]>([])
+    func append(_ id: String) { ids.withLock { $0.append(id) } }
+    var count: Int { ids.withLock { $0.count } }
+    var all: [String] { ids.withLock { $0 } }
 }
