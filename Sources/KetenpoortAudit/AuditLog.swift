@@ -331,10 +331,14 @@ final class WALCheckpointer: @unchecked Sendable {
                 try? db?.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 condition.lock()
             }
+            condition.unlock()
+            try? db?.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            // Closed before `stop()` returns: the caller may take the files over.
+            _ = consume db
+            condition.lock()
             finished = true
             condition.broadcast()
             condition.unlock()
-            try? db?.execute("PRAGMA wal_checkpoint(PASSIVE)")
         }
         thread.name = "ketenpoort-wal-checkpointer"
         thread.start()
