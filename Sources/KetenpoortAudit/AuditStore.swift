@@ -107,7 +107,8 @@ public protocol AuditStore: AnyObject {
     func entry(sequence: Int64) throws -> StoredEntry?
     func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws
     func checkpoints() throws -> [StoredCheckpoint]
-    func sealedText(hash: [UInt8]) throws -> [UInt8]?
+    /// The sealed text entry `sequence` refers to by `hash`.
+    func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]?
     /// Sequences of entries not yet erased whose retention ended before `date` (YYYY-MM-DD).
     func expired(before date: String) throws -> [Int64]
 }
@@ -158,10 +159,11 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             PRIMARY KEY (pseudonym, sequence)
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS audit_texts (
-            hash BLOB PRIMARY KEY,
             sequence INTEGER NOT NULL,
-            sealed BLOB NOT NULL
-        );
+            hash BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            PRIMARY KEY (sequence, hash)
+        ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS audit_checkpoints (
             tree_size INTEGER PRIMARY KEY,
             time TEXT NOT NULL,
@@ -309,7 +311,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 if !batch.texts.isEmpty {
-                    let insert = try lookup("INSERT INTO audit_texts (hash, sequence, sealed) VALUES (?, ?, ?)")
+                    let insert = try lookup("INSERT OR IGNORE INTO audit_texts (hash, sequence, sealed) VALUES (?, ?, ?)")
                     for t in batch.texts {
                         insert.reset()
                         insert.bind(1, t.hash)
@@ -406,9 +408,11 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         return result
     }
 
-    public func sealedText(hash: [UInt8]) throws -> [UInt8]? {
-        let statement = try database.prepare("SELECT sealed FROM audit_texts WHERE hash = ?")
-        statement.bind(1, hash)
+    public func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]? {
+        // Keyed by (sequence, hash): texts are appended in entry order, not scattered by hash.
+        let statement = try database.prepare("SELECT sealed FROM audit_texts WHERE sequence = ? AND hash = ?")
+        statement.bind(1, sequence)
+        statement.bind(2, hash)
         return try statement.step() ? statement.blob(0) : nil
     }
 

@@ -139,6 +139,20 @@ final class ExchangeService: Sendable {
 
     // MARK: POST /v1/exchanges
 
+    /// A UUIDv7-style id: 48 bits of milliseconds, then random bits. Ids sort by time, so new
+    /// exchange rows land at the end of the table's index instead of on a random page (fewer
+    /// pages in every commit's WAL write).
+    static func timeOrderedID() -> String {
+        var bytes = (try? Crypto.randomBytes(16)) ?? Array(UUID().uuidString.utf8.prefix(16))
+        let millis = UInt64(Date().timeIntervalSince1970 * 1000)
+        for i in 0..<6 { bytes[i] = UInt8((millis >> (40 - 8 * UInt64(i))) & 0xff) }
+        bytes[6] = (bytes[6] & 0x0f) | 0x70  // version 7
+        bytes[8] = (bytes[8] & 0x3f) | 0x80  // RFC 9562 variant
+        let hex = Hex.encode(bytes)
+        let c = Array(hex)
+        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+    }
+
     static let exchangeMembers: Set<String> = ["caseTable", "purpose", "recipient", "caseRef", "basis", "subjects", "data", "reporter"]
 
     func postExchange(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
@@ -257,7 +271,7 @@ final class ExchangeService: Sendable {
         let decisionRequest = try DecisionRequest(json: decisionJSON)
         let snapshot = state.snapshot
         let decision = snapshot.policySet.evaluate(decisionRequest)
-        let exchangeID = UUID().uuidString.lowercased()
+        let exchangeID = ExchangeService.timeOrderedID()
         var texts: [String: String] = [:]
         if let j = basis["justification"]?.stringValue { texts["justification"] = j }
         if let c = basis["conflictOfDuties"] { texts["conflictOfDuties"] = c.serialized(sortedKeys: true) }
@@ -569,7 +583,7 @@ final class ExchangeService: Sendable {
             {
                 var opened: [(String, JSONValue)] = []
                 for (name, hash) in texts {
-                    if let h = hash.stringValue.flatMap(Hex.decode), let sealed = try audit.read({ try $0.sealedText(hash: h) }) {
+                    if let h = hash.stringValue.flatMap(Hex.decode), let sealed = try audit.read({ try $0.sealedText(sequence: row.logSequence, hash: h) }) {
                         opened.append((name, .string(try audit.keys.open(sealed))))
                     }
                 }

@@ -199,7 +199,7 @@ struct CheckpointAndProofTests {
         let body = try #require(try store.entry(sequence: sequence)?.body)
         #expect(!body.contains("Jansen"))
         let hash = try #require(try JSONParser.parse(body)["texts"]?["comment"]?.stringValue.flatMap(Hex.decode))
-        let sealed = try #require(try store.sealedText(hash: hash))
+        let sealed = try #require(try store.sealedText(sequence: sequence, hash: hash))
         #expect(Crypto.sha256(sealed) == hash)
         #expect(try keys.open(sealed) == comment)
         #expect(throws: (any Error).self) { try testLogKeys(["other"]).open(sealed) }
