@@ -169,24 +169,27 @@ final class ExchangeRepository: @unchecked Sendable {
         return items.compactMap(\.stringValue)
     }
 
+    static let consentColumns =
+        "id, subject, grantor, grantor_ref, purposes, recipients, categories, valid_from, valid_until, status, registered_by, case_table"
+
+    static func consent(_ s: SQLiteStatement) -> ConsentRow {
+        ConsentRow(
+            id: s.string(0) ?? "", subject: s.string(1) ?? "", grantor: s.string(2) ?? "", grantorRef: s.string(3),
+            purposes: list(s.string(4)), recipients: list(s.string(5)), categories: list(s.string(6)), validFrom: s.string(7),
+            validUntil: s.string(8), status: s.string(9) ?? "", registeredBy: s.string(10) ?? "", caseTable: s.string(11) ?? "")
+    }
+
     func consents(caseTable: String, subjects: [String]) throws -> [ConsentRow] {
         guard !subjects.isEmpty else { return [] }
         return try with { statement in
             var rows: [ConsentRow] = []
             let s = try statement(
-                "SELECT id, subject, grantor, grantor_ref, purposes, recipients, categories, valid_from, valid_until, status, registered_by, case_table FROM consents WHERE case_table = ? AND subject = ?")
+                "SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE case_table = ? AND subject = ?")
             for subject in Set(subjects) {
                 s.reset()
                 s.bind(1, caseTable)
                 s.bind(2, subject)
-                while try s.step() {
-                    rows.append(
-                        ConsentRow(
-                            id: s.string(0) ?? "", subject: s.string(1) ?? "", grantor: s.string(2) ?? "", grantorRef: s.string(3),
-                            purposes: ExchangeRepository.list(s.string(4)), recipients: ExchangeRepository.list(s.string(5)),
-                            categories: ExchangeRepository.list(s.string(6)), validFrom: s.string(7), validUntil: s.string(8), status: s.string(9) ?? "",
-                            registeredBy: s.string(10) ?? "", caseTable: s.string(11) ?? ""))
-                }
+                while try s.step() { rows.append(ExchangeRepository.consent(s)) }
             }
             s.reset()
             return rows
@@ -196,15 +199,10 @@ final class ExchangeRepository: @unchecked Sendable {
     func consent(id: String) throws -> ConsentRow? {
         try with { statement in
             let s = try statement(
-                "SELECT id, subject, grantor, grantor_ref, purposes, recipients, categories, valid_from, valid_until, status, registered_by, case_table FROM consents WHERE id = ?")
+                "SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE id = ?")
             s.bind(1, id)
             defer { s.reset() }
-            guard try s.step() else { return nil }
-            return ConsentRow(
-                id: s.string(0) ?? "", subject: s.string(1) ?? "", grantor: s.string(2) ?? "", grantorRef: s.string(3),
-                purposes: ExchangeRepository.list(s.string(4)), recipients: ExchangeRepository.list(s.string(5)),
-                categories: ExchangeRepository.list(s.string(6)), validFrom: s.string(7), validUntil: s.string(8), status: s.string(9) ?? "",
-                registeredBy: s.string(10) ?? "", caseTable: s.string(11) ?? "")
+            return try s.step() ? ExchangeRepository.consent(s) : nil
         }
     }
 

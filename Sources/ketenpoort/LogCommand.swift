@@ -37,6 +37,11 @@ struct LogKeyOptions: ParsableArguments {
     }
 }
 
+/// Commands that write to a log refuse to create one where none was.
+func requireDatabase(_ path: String) throws {
+    guard FileManager.default.fileExists(atPath: path) else { throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist") }
+}
+
 /// Reads one BSN from standard input; never echoes it.
 func readSubjectBSN() throws -> BSN {
     guard let line = readLine(strippingNewline: true)?.trimmingCharacters(in: .whitespaces), !line.isEmpty else {
@@ -201,7 +206,7 @@ struct LogSubjectReport: AsyncParsableCommand {
     func run() async throws {
         let bsn = try readSubjectBSN()
         let keys = try keyOptions.load(db: db)
-        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        try requireDatabase(db)
         // Sign a tree head over everything so far, so that every entry gets a proof.
         let log = try AuditLog(path: db, signer: try keys.signer)
         _ = try await log.checkpoint()
@@ -226,7 +231,7 @@ struct LogCheckpoint: AsyncParsableCommand {
 
     func run() async throws {
         let keys = try keyOptions.load(db: db)
-        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        try requireDatabase(db)
         let log = try AuditLog(path: db, signer: try keys.signer)
         let checkpoint = try await log.checkpoint()
         log.close()
@@ -294,7 +299,7 @@ struct LogRetention: AsyncParsableCommand {
         guard day.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
             throw KetenpoortError(.invalidInput, "--today must be a day as YYYY-MM-DD")
         }
-        guard FileManager.default.fileExists(atPath: db) else { throw KetenpoortError(.fileUnreadable, "database `\(db)` does not exist") }
+        try requireDatabase(db)
         let keys = try keyOptions.loadIfGiven(db: db)
         let log = try AuditLog(path: db, signer: try keys?.signer)
         defer { log.close() }
