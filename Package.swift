@@ -59,6 +59,8 @@ let package = Package(
 
         // The tamper-evident audit log: hash chain and RFC 9162 Merkle tree over the store.
         .target(name: "KetenpoortAudit", dependencies: ["KetenpoortStore", "KetenpoortCrypto", "KetenpoortPolicy", "KetenpoortCore"], swiftSettings: strict),
+        // Reports for privacy officers: the DPIA route map and the register of processing.
+        .target(name: "KetenpoortReports", dependencies: ["KetenpoortAudit", "KetenpoortPolicy", "KetenpoortCore"], swiftSettings: strict),
 
         // Development PKI (PKIoverheid-shaped) generated through OpenSSL.
         .target(
@@ -114,7 +116,7 @@ let package = Package(
             name: "ketenpoort",
             dependencies: [
                 "KetenpoortCore", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortPKI",
-                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench", "KetenpoortAudit",
+                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench", "KetenpoortAudit", "KetenpoortReports",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -138,7 +140,7 @@ let package = Package(
             name: "KetenpoortIntegrationTests",
             dependencies: [
                 "KetenpoortCore", "KetenpoortTLS", "KetenpoortPKI", "KetenpoortServer", "KetenpoortBench", "KetenpoortPolicy",
-                "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore",
+                "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore", "KetenpoortReports",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

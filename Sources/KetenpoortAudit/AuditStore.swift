@@ -399,6 +399,44 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         }
     }
 
+    /// One observed flow: exchanges between two partners for a purpose, by decision and basis.
+    public struct ObservedFlow: Sendable, Hashable {
+        public let caseTable: String
+        public let sender: String
+        public let recipient: String
+        public let purpose: String
+        public let decision: String
+        public let basisType: String
+        public let ground: String
+        public let rule: String
+        public let count: Int
+    }
+
+    /// The exchange entries of a period, counted per flow (one pass, grouped in SQLite).
+    public func observedFlows(from: String?, until: String?) throws -> [ObservedFlow] {
+        var sql = """
+            SELECT json_extract(body, '$.caseTable'), json_extract(body, '$.sender'), json_extract(body, '$.recipient'),
+                   json_extract(body, '$.purpose'), json_extract(body, '$.decision'), json_extract(body, '$.basis.type'),
+                   coalesce(json_extract(body, '$.basis.ground'), ''), coalesce(json_extract(body, '$.rules[0]'), ''), count(*)
+            FROM audit_entries WHERE kind IN ('exchange-permitted', 'exchange-denied') AND body IS NOT NULL
+            """
+        var binds: [String] = []
+        if let from { sql += " AND time >= ?"; binds.append(from) }
+        if let until { sql += " AND time < ?"; binds.append(until) }
+        sql += " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+        let statement = try database.prepare(sql)
+        for (i, value) in binds.enumerated() { statement.bind(Int32(i + 1), value) }
+        var flows: [ObservedFlow] = []
+        while try statement.step() {
+            flows.append(
+                ObservedFlow(
+                    caseTable: statement.string(0) ?? "", sender: statement.string(1) ?? "", recipient: statement.string(2) ?? "",
+                    purpose: statement.string(3) ?? "", decision: statement.string(4) ?? "", basisType: statement.string(5) ?? "",
+                    ground: statement.string(6) ?? "", rule: statement.string(7) ?? "", count: Int(statement.int64(8))))
+        }
+        return flows
+    }
+
     public func checkpoints() throws -> [StoredCheckpoint] {
         let statement = try database.prepare("SELECT tree_size, time, root_hash, note FROM audit_checkpoints ORDER BY tree_size")
         var result: [StoredCheckpoint] = []
