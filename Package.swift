@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "KetenpoortServer",
             dependencies: [
-                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore",
+                "KetenpoortCore", "KetenpoortTLS", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore", "KetenpoortReports",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -63,6 +63,9 @@ public struct RouteMap {
         return ids.compactMap { registry.partner(id: $0) }.sorted { ($0.kind, $0.id) < ($1.kind, $1.id) }
     }
 
+    /// HTML text and attribute escaping.
+    public static func escapeHTML(_ text: String) -> String { escape(text) }
+
     static func escape(_ text: String) -> String {
         var out = ""
         for c in text {

@@ -259,6 +259,20 @@ final class ExchangeRepository: @unchecked Sendable {
         }
     }
 
+    /// Permitted exchanges whose date to inform the subject has passed.
+    func informOverdue(today: String, limit: Int) throws -> [ExchangeRow] {
+        try with { statement in
+            let s = try statement(
+                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE decision = 'permit' AND inform_subject_by IS NOT NULL AND inform_subject_by < ? ORDER BY inform_subject_by LIMIT ?")
+            s.bind(1, today)
+            s.bind(2, Int64(limit))
+            var rows: [ExchangeRow] = []
+            while try s.step() { rows.append(ExchangeRepository.exchange(s)) }
+            s.reset()
+            return rows
+        }
+    }
+
     func pendingReviews(limit: Int) throws -> [ExchangeRow] {
         try with { statement in
             let s = try statement("SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE review_state = 'pending' ORDER BY log_sequence LIMIT ?")

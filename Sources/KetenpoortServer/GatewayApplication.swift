@@ -85,6 +85,12 @@ public struct GatewayApplication: GatewayResponder {
             return methodNotAllowed(route: "/v1/reidentifications", allowed: "POST")
         case (.GET, let path) where path.hasPrefix("/v1/audit/"):
             return nil
+        case (.GET, let path) where path == "/console" || path.hasPrefix("/console/"):
+            return nil
+        case (.POST, let path) where path.hasPrefix("/console/"):
+            return nil
+        case (_, let path) where path == "/console" || path.hasPrefix("/console/"):
+            return methodNotAllowed(route: "/console", allowed: "GET, POST")
         case (let method, let path) where ExchangeService.handles(path):
             if let route = ExchangeService.routes.first(where: { path == $0.prefix || path.hasPrefix($0.prefix + "/") }), !route.methods.contains(method) {
                 return methodNotAllowed(route: route.prefix, allowed: route.methods.map(\.rawValue).joined(separator: ", "))
@@ -107,6 +113,9 @@ public struct GatewayApplication: GatewayResponder {
         promise.completeWithTask {
             if request.path == "/v1/reidentifications" { return await reidentify(request, caller: caller) }
             if ExchangeService.handles(request.path) { return await exchanges.respond(to: request, caller: caller) }
+            if request.path == "/console" || request.path.hasPrefix("/console/") {
+                return await Console(state: state, audit: audit, exchanges: exchanges).respond(to: request, caller: caller)
+            }
             return await AuditAPI(audit: audit).respond(to: request, caller: caller)
         }
         return promise.futureResult

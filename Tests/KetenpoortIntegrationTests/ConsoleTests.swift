@@ -1,0 +1,61 @@
+import Foundation
+import KetenpoortCore
+import NIOCore
+import Testing
+
+/// The officers' console over real mutual TLS.
+@Suite("Privacy officers' console")
+struct ConsoleTests {
+    let wijkteam = PKIFixture.partner("wijkteam-dordrecht")
+    let officer = PKIFixture.officer("privacy-officer-zhz")
+
+    @Test("officers get every page (no JavaScript, nothing personal); partners get 403; a review posted from the console is logged; a cross-site post is refused")
+    func consolePages() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let report = try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "het kind vertelt over geweld", "professional": "wt-9",
+                       "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+             "subjects": [{"bsn": "999990019", "role": "child", "age": 9}], "data": {"identity": {"bsn": "999990019"}, "concern_signal": {"summary": "zorgen"}}}
+            """)
+        #expect(report.status == 201)
+        let id = try #require(report.json?["exchangeId"]?.stringValue)
+        let pages = ["/console/", "/console/log", "/console/log?kind=exchange-permitted", "/console/log/2", "/console/reviews", "/console/uninformed", "/console/integrity", "/console/routemap", "/console/subject-report"]
+        for page in pages {
+            let denied = try await team.request(page)
+            #expect(denied.status == 403, "\(page) for a partner")
+        }
+        await team.close()
+        let client = try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)
+        for page in pages {
+            let r = try await client.request(page)
+            #expect(r.status == 200, "\(page): \(r.status)")
+            #expect(r.headers.first(name: "content-type")?.hasPrefix("text/html") == true)
+            #expect(!r.body.contains("<script"))
+            #expect(!r.body.contains("999990019"), "\(page) shows a BSN")
+        }
+        let queue = try await client.request("/console/reviews")
+        #expect(queue.body.contains("het kind vertelt over geweld"), "the officer reads the sealed justification")
+        #expect(queue.body.contains("/console/reviews/\(id)"))
+        let form = [("content-type", "application/x-www-form-urlencoded")]
+        let crossSite = try await client.request("/console/reviews/\(id)", method: .POST, headers: form + [("sec-fetch-site", "cross-site")], body: "outcome=upheld&comment=x")
+        #expect(crossSite.status == 403)
+        let posted = try await client.request("/console/reviews/\(id)", method: .POST, headers: form, body: "outcome=upheld&comment=grond+en+meldcode+in+orde")
+        #expect(posted.status == 303)
+        #expect(try await client.request("/console/reviews").body.contains("Niets te toetsen"))
+        let verify = try await client.request("/console/integrity/verify", method: .POST, headers: form, body: "")
+        #expect(verify.body.contains("regels gecontroleerd"), "\(verify.body.suffix(300))")
+        let subject = try await client.request("/console/subject-report", method: .POST, headers: form, body: "bsn=999990019")
+        #expect(subject.status == 200)
+        #expect(subject.body.contains("1 uitwisseling(en)"))
+        #expect(!subject.body.contains("999990019"))
+        let badBSN = try await client.request("/console/subject-report", method: .POST, headers: form, body: "bsn=999990018")
+        #expect(badBSN.status == 422)
+        await client.close()
+        #expect(gateway.stop() == 0)
+        let reviews = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "review"])
+        #expect(reviews.stdout.contains("\"officer\":\"privacy-officer-zhz\""))
+    }
+}
