@@ -59,3 +59,40 @@ struct ConsoleTests {
         #expect(reviews.stdout.contains("\"officer\":\"privacy-officer-zhz\""))
     }
 }
+
+/// A real browser (headless Chromium from Debian's packages) renders the console and the route map.
+@Suite("Console in a browser")
+struct ConsoleBrowserTests {
+    let officer = PKIFixture.officer("privacy-officer-zhz")
+
+    @Test("Chromium loads every console page and the route map (fetched over mutual TLS) without page errors; screenshots in .build/screenshots")
+    func screenshots() async throws {
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let browser = try #require(chromium, "make test installs chromium; run it through `make test`")
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let client = try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)
+        let folder = packageRoot + "/.build/screenshots"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        for (name, page) in [("console", "/console/"), ("log", "/console/log"), ("reviews", "/console/reviews"), ("integrity", "/console/integrity"), ("routemap", "/console/routemap")] {
+            let response = try await client.request(page)
+            #expect(response.status == 200)
+            // The browser has no officer certificate: the page fetched over mutual TLS is rendered from a file.
+            let html = folder + "/\(name).html"
+            try write(response.body, to: html)
+            let png = folder + "/\(name).png"
+            try? FileManager.default.removeItem(atPath: png)
+            let r = try runProcess(
+                browser,
+                ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", "--window-size=1280,1000", "--screenshot=\(png)", "file://\(html)"],
+                timeout: 90)
+            #expect(r.status == 0, "\(name): \(r.stderr.suffix(400))")
+            // Page errors (uncaught exceptions, console errors) are logged as CONSOLE lines.
+            let pageErrors = r.stderr.split(separator: "\n").filter { $0.contains("CONSOLE") || $0.contains("Uncaught") }
+            #expect(pageErrors.isEmpty, "\(name): \(pageErrors)")
+            let size = (try? FileManager.default.attributesOfItem(atPath: png)[.size] as? NSNumber)?.intValue ?? 0
+            #expect(size > 5_000, "\(name): screenshot of \(size) bytes")
+        }
+        await client.close()
+    }
+}
