@@ -39,7 +39,7 @@ sources = "".join(open(p).read() for p in glob.glob(os.path.join(root, "Sources"
 expected = {
     "/v1/whoami", "/v1/exchanges", "/v1/exchanges/{id}", "/v1/consents", "/v1/consents/{id}/withdraw", "/v1/facts", "/v1/inbox",
     "/v1/inbox/{id}/ack", "/v1/reviews", "/v1/reviews/{id}", "/v1/reidentifications", "/v1/audit/checkpoint", "/v1/audit/public-key",
-    "/v1/audit/consistency", "/v1/audit/entries", "/v1/audit/entries/{sequence}/proof", "/health", "/health/live", "/metrics",
+    "/v1/audit/consistency", "/v1/audit/entries", "/v1/audit/entries/{sequence}/proof", "/console/", "/health", "/health/live", "/metrics",
 }
 for path in sorted(expected - set(doc["paths"])):
     failed.append(f"route {path} is served but not described")

@@ -412,29 +412,55 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         public let count: Int
     }
 
-    /// The exchange entries of a period, counted per flow (one pass, grouped in SQLite).
+    /// The exchange entries of a period, counted per flow, grouped in SQLite. A large log is
+    /// counted in two halves on two connections and threads.
     public func observedFlows(from: String?, until: String?) throws -> [ObservedFlow] {
+        let size = try tail().size
+        let half: Int64 = size / 2
+        let parts: [(Int64, Int64)] = size > 100_000 ? [(Int64(0), half), (half, size)] : [(Int64(0), size)]
+        final class Results: @unchecked Sendable {
+            let lock = NSLock()
+            var items: [Result<[String: Int], Error>] = []
+        }
+        let results = Results()
+        let path = database.path
+        DispatchQueue.concurrentPerform(iterations: parts.count) { i in
+            let result = Result { try SQLiteAuditStore.countFlows(path: path, after: parts[i].0, through: parts[i].1, from: from, until: until) }
+            results.lock.lock()
+            results.items.append(result)
+            results.lock.unlock()
+        }
+        var merged: [String: Int] = [:]
+        for result in results.items { for (key, count) in try result.get() { merged[key, default: 0] += count } }
+        var flows: [ObservedFlow] = []
+        for (text, count) in merged {
+            guard let values = (try? JSONParser.parse(text))?.arrayValue, values.count == 8 else { continue }
+            let v = values.map { $0.stringValue ?? "" }
+            flows.append(ObservedFlow(caseTable: v[0], sender: v[1], recipient: v[2], purpose: v[3], decision: v[4], basisType: v[5], ground: v[6], rule: v[7], count: count))
+        }
+        return flows.sorted { ($0.caseTable, $0.sender, $0.recipient, $0.purpose, $0.decision) < ($1.caseTable, $1.sender, $1.recipient, $1.purpose, $1.decision) }
+    }
+
+    /// One json_extract with many paths parses each body once and returns them as a JSON array.
+    static func countFlows(path: String, after: Int64, through: Int64, from: String?, until: String?) throws -> [String: Int] {
+        let db = try SQLiteDatabase(path: path, readOnly: true)
+        try? db.execute("PRAGMA mmap_size = 1073741824")
         var sql = """
-            SELECT json_extract(body, '$.caseTable'), json_extract(body, '$.sender'), json_extract(body, '$.recipient'),
-                   json_extract(body, '$.purpose'), json_extract(body, '$.decision'), json_extract(body, '$.basis.type'),
-                   coalesce(json_extract(body, '$.basis.ground'), ''), coalesce(json_extract(body, '$.rules[0]'), ''), count(*)
-            FROM audit_entries WHERE kind IN ('exchange-permitted', 'exchange-denied') AND body IS NOT NULL
+            SELECT json_extract(body, '$.caseTable', '$.sender', '$.recipient', '$.purpose', '$.decision', '$.basis.type', '$.basis.ground', '$.rules[0]'), count(*)
+            FROM audit_entries WHERE sequence > \(after) AND sequence <= \(through)
+              AND kind IN ('exchange-permitted', 'exchange-denied') AND body IS NOT NULL
             """
         var binds: [String] = []
         if let from { sql += " AND time >= ?"; binds.append(from) }
         if let until { sql += " AND time < ?"; binds.append(until) }
-        sql += " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
-        let statement = try database.prepare(sql)
+        sql += " GROUP BY 1"
+        let statement = try db.prepare(sql)
         for (i, value) in binds.enumerated() { statement.bind(Int32(i + 1), value) }
-        var flows: [ObservedFlow] = []
+        var counts: [String: Int] = [:]
         while try statement.step() {
-            flows.append(
-                ObservedFlow(
-                    caseTable: statement.string(0) ?? "", sender: statement.string(1) ?? "", recipient: statement.string(2) ?? "",
-                    purpose: statement.string(3) ?? "", decision: statement.string(4) ?? "", basisType: statement.string(5) ?? "",
-                    ground: statement.string(6) ?? "", rule: statement.string(7) ?? "", count: Int(statement.int64(8))))
+            if let text = statement.string(0) { counts[text, default: 0] += Int(statement.int64(1)) }
         }
-        return flows
+        return counts
     }
 
     public func checkpoints() throws -> [StoredCheckpoint] {
