@@ -15,6 +15,7 @@ public enum AuditKind: String, Sendable, CaseIterable {
     case keyRotated = "key-rotated"
     case retention
     case factRegistered = "fact-registered"
+    case subjectInformed = "subject-informed"
 }
 
 /// One exchange as the log records it, in clear only in memory: the recorder turns the BSNs
@@ -96,6 +97,9 @@ public struct AuditRecorder: Sendable {
             ("basis", .object(basis)),
             ("decision", .string(decision.effect.rawValue)),
             ("rules", .array(decision.rules.map { .string($0) })),
+            // The policy's own words for the decision (rule labels and reasons; subjects appear
+            // only as the refs the request used, which are log pseudonyms in the gateway).
+            ("explanation", .array(decision.explanation.map { .string($0) })),
             ("policyVersion", .string(decision.policyVersion)),
             ("released", .array(released.map { .string($0) })),
             ("withheld", .array(withheld.map { .string($0) })),

@@ -71,6 +71,7 @@ struct Console {
             case (.GET, "/console/reviews"): return try reviews()
             case (.POST, _) where path.hasPrefix("/console/reviews/"): return try await review(String(path.dropFirst("/console/reviews/".count)), request, officer)
             case (.GET, "/console/uninformed"): return try uninformed()
+            case (.POST, _) where path.hasPrefix("/console/uninformed/"): return try await informed(String(path.dropFirst("/console/uninformed/".count)), request, officer)
             case (.GET, "/console/integrity"): return try integrity(verified: nil)
             case (.POST, "/console/integrity/verify"): return try integrity(verified: try AuditVerifier.verify(path: audit.databasePath, keys: try audit.keys.verifierKeys))
             case (.GET, "/console/routemap"): return try routemap()
@@ -143,9 +144,14 @@ struct Console {
         var explanation = ""
         if let body = e.body, let json = try? JSONParser.parse(body) {
             let table = json["caseTable"]?.stringValue.flatMap { state.snapshot.policySet.tables[$0] }
-            for rule in json["rules"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
-                let label = table?.routes.first { $0.id == rule }?.label ?? table?.forbids.first { $0.id == rule }?.label ?? ""
-                explanation += "<li><code>\(Console.escape(rule))</code> \(Console.escape(label))</li>"
+            let reasons = json["explanation"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            if !reasons.isEmpty {
+                for reason in reasons { explanation += "<li>\(Console.escape(reason))</li>" }
+            } else {
+                for rule in json["rules"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
+                    let label = table?.routes.first { $0.id == rule }?.label ?? table?.forbids.first { $0.id == rule }?.label ?? ""
+                    explanation += "<li><code>\(Console.escape(rule))</code> \(Console.escape(label))</li>"
+                }
             }
         }
         let pretty = e.body.flatMap { try? JSONParser.parse($0) }.map { Console.pretty($0) } ?? "(gewist bij het verstrijken van de bewaartermijn; de hash blijft: \(Hex.encode(e.leafHash)))"
@@ -212,12 +218,30 @@ struct Console {
     func uninformed() throws -> GatewayResponse {
         let today = ExchangeService.today
         let rows = try exchanges.repository.informOverdue(today: today, limit: 500)
-        var html = rows.isEmpty ? "<p class=\"ok\">Geen betrokkenen over hun datum.</p>" : "<table><tr><th>uiterlijk</th><th>casustafel</th><th>afzender</th><th>ontvanger</th><th>doel</th><th>grond</th><th>log</th></tr>"
+        var html = rows.isEmpty ? "<p class=\"ok\">Geen betrokkenen over hun datum.</p>" : "<table><tr><th>uiterlijk</th><th>casustafel</th><th>afzender</th><th>ontvanger</th><th>doel</th><th>grond</th><th>log</th><th></th></tr>"
         for row in rows {
-            html += "<tr><td class=\"bad\">\(Console.escape(row.informSubjectBy ?? ""))</td><td>\(Console.escape(row.caseTable))</td><td>\(Console.escape(row.sender))</td><td>\(Console.escape(row.recipient))</td><td>\(Console.escape(row.purpose))</td><td>\(Console.escape(row.ground))</td><td><a href=\"/console/log/\(row.logSequence)\">\(row.logSequence)</a></td></tr>"
+            html += "<tr><td class=\"bad\">\(Console.escape(row.informSubjectBy ?? ""))</td><td>\(Console.escape(row.caseTable))</td><td>\(Console.escape(row.sender))</td><td>\(Console.escape(row.recipient))</td><td>\(Console.escape(row.purpose))</td><td>\(Console.escape(row.ground))</td><td><a href=\"/console/log/\(row.logSequence)\">\(row.logSequence)</a></td>"
+            html += "<td><form class=\"inline\" method=\"post\" action=\"/console/uninformed/\(Console.escape(row.id))\">geïnformeerd op <input name=\"date\" type=\"date\" value=\"\(Console.escape(today))\"> <button>Vastleggen</button></form></td></tr>"
         }
         if !rows.isEmpty { html += "</table>" }
         return page("Betrokkenen niet geïnformeerd na hun datum (\(Console.escape(today)))", html, route: "/console/uninformed")
+    }
+
+    /// Records that the family was informed (logged; the exchange leaves the overdue list).
+    func informed(_ id: String, _ request: GatewayRequest, _ officer: Officer) async throws -> GatewayResponse {
+        let date = Console.form(request)["date"] ?? ""
+        guard date.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
+            throw KetenpoortError(.invalidRequest, "give the date the family was informed (YYYY-MM-DD)")
+        }
+        guard let row = try exchanges.repository.exchange(id: id), row.decision == "permit" else {
+            throw KetenpoortError(.notFound, "no permitted exchange with this id")
+        }
+        var record = AuditRecord(
+            kind: AuditKind.subjectInformed.rawValue,
+            members: [("exchangeId", .string(row.id)), ("officer", .string(officer.id)), ("informedOn", .string(date)), ("informSubjectBy", row.informSubjectBy.map { .string($0) } ?? .null)])
+        record.sideWrites.append(SideWrite("UPDATE exchanges SET informed_at = ? WHERE id = ? AND informed_at IS NULL", [.text(date), .text(row.id)]))
+        _ = try await audit.record(record)
+        return redirect("/console/uninformed", route: "/console/uninformed/{id}")
     }
 
     func integrity(verified: AuditVerifier.Report?) throws -> GatewayResponse {

@@ -93,6 +93,11 @@ final class ExchangeRepository: @unchecked Sendable {
         where !columns.contains(column) {
             try database.execute("ALTER TABLE inbox ADD COLUMN \(column) \(type)")
         }
+        // When the family was informed (recorded by an officer; added after the first schema).
+        columns = []
+        let exchangeInfo = try database.prepare("PRAGMA table_info(exchanges)")
+        while try exchangeInfo.step() { if let name = exchangeInfo.string(1) { columns.insert(name) } }
+        if !columns.contains("informed_at") { try database.execute("ALTER TABLE exchanges ADD COLUMN informed_at TEXT") }
     }
 
     /// Runs `body` with the connection, one caller at a time; prepared statements are reused.
@@ -263,7 +268,7 @@ final class ExchangeRepository: @unchecked Sendable {
     func informOverdue(today: String, limit: Int) throws -> [ExchangeRow] {
         try with { statement in
             let s = try statement(
-                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE decision = 'permit' AND inform_subject_by IS NOT NULL AND inform_subject_by < ? ORDER BY inform_subject_by LIMIT ?")
+                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE decision = 'permit' AND inform_subject_by IS NOT NULL AND inform_subject_by < ? AND informed_at IS NULL ORDER BY inform_subject_by LIMIT ?")
             s.bind(1, today)
             s.bind(2, Int64(limit))
             var rows: [ExchangeRow] = []

@@ -1,5 +1,6 @@
 import Foundation
 import KetenpoortCore
+import KetenpoortStore
 import NIOCore
 import Testing
 
@@ -36,6 +37,8 @@ struct ConsoleTests {
             #expect(!r.body.contains("<script"))
             #expect(!r.body.contains("999990019"), "\(page) shows a BSN")
         }
+        let entryPage = try await client.request("/console/log/2")
+        #expect(entryPage.body.contains("local-team-reports-to-vt"), "the deciding rule and its explanation")
         let queue = try await client.request("/console/reviews")
         #expect(queue.body.contains("het kind vertelt over geweld"), "the officer reads the sealed justification")
         #expect(queue.body.contains("/console/reviews/\(id)"))
@@ -45,6 +48,14 @@ struct ConsoleTests {
         let posted = try await client.request("/console/reviews/\(id)", method: .POST, headers: form, body: "outcome=upheld&comment=grond+en+meldcode+in+orde")
         #expect(posted.status == 303)
         #expect(try await client.request("/console/reviews").body.contains("Niets te toetsen"))
+        // Overdue informing: the date is made to lie in the past, the officer records the informing.
+        #expect(try await client.request("/console/uninformed").body.contains("Geen betrokkenen"))
+        try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db").execute("UPDATE exchanges SET inform_subject_by = '2026-01-05'")
+        let overdue = try await client.request("/console/uninformed")
+        #expect(overdue.body.contains("2026-01-05") && overdue.body.contains("/console/uninformed/\(id)"))
+        let informed = try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: "date=2026-01-04")
+        #expect(informed.status == 303)
+        #expect(try await client.request("/console/uninformed").body.contains("Geen betrokkenen"))
         let verify = try await client.request("/console/integrity/verify", method: .POST, headers: form, body: "")
         #expect(verify.body.contains("regels gecontroleerd"), "\(verify.body.suffix(300))")
         let subject = try await client.request("/console/subject-report", method: .POST, headers: form, body: "bsn=999990019")
@@ -57,6 +68,8 @@ struct ConsoleTests {
         #expect(gateway.stop() == 0)
         let reviews = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "review"])
         #expect(reviews.stdout.contains("\"officer\":\"privacy-officer-zhz\""))
+        let informedEntries = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "subject-informed"])
+        #expect(informedEntries.stdout.contains("\"informedOn\":\"2026-01-04\""))
     }
 }
 
