@@ -45,12 +45,14 @@ public enum Gateway {
             audit.close()
             throw KetenpoortError(.configuration, "the exchange tables in `\(configuration.databasePath)` cannot be opened: \(error.message)")
         }
-        let application = GatewayApplication(state: state, audit: audit, repository: repository)
+        let split = configuration.officerListen != nil
+        let application = GatewayApplication(state: state, audit: audit, repository: repository, listener: split ? .partners : .all)
+        let officerApplication = split ? GatewayApplication(sharing: application, listener: .officers) : nil
         let policyDirectory = configuration.policyDirectory
         let server: GatewayServer
         do {
             server = try GatewayServer(
-                configuration: configuration, responder: application, metrics: metrics, health: health, logger: logger,
+                configuration: configuration, responder: application, officerResponder: officerApplication, metrics: metrics, health: health, logger: logger,
                 reloadSnapshot: {
                     let snapshot = try loadSnapshot(policyDirectory: policyDirectory)
                     let previous = state.snapshot.policyVersion

@@ -59,12 +59,30 @@ public struct GatewayApplication: GatewayResponder {
     public let audit: GatewayAudit
     let exchanges: ExchangeService
     let repository: ExchangeRepository
+    /// Which endpoints this listener serves: all (the default), or split between a partners'
+    /// and an officers' listener.
+    enum Listener { case all, partners, officers }
+    let listener: Listener
 
-    init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository) {
+    init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository, listener: Listener = .all) {
         self.state = state
         self.audit = audit
         self.exchanges = ExchangeService(state: state, audit: audit, repository: repository)
         self.repository = repository
+        self.listener = listener
+    }
+
+    init(sharing other: GatewayApplication, listener: Listener) {
+        self.state = other.state
+        self.audit = other.audit
+        self.exchanges = other.exchanges
+        self.repository = other.repository
+        self.listener = listener
+    }
+
+    /// Officer-only endpoints (the console, the log's entries and proofs, the review queue).
+    static func isOfficerEndpoint(_ path: String) -> Bool {
+        path == "/console" || path.hasPrefix("/console/") || path.hasPrefix("/v1/audit/entries") || path == "/v1/reviews" || path.hasPrefix("/v1/reviews/")
     }
 
     /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.
@@ -73,6 +91,12 @@ public struct GatewayApplication: GatewayResponder {
         switch identify(request) {
         case .caller(let c): caller = c
         case .refused(let response): return response
+        }
+        if listener != .all, (listener == .officers) != GatewayApplication.isOfficerEndpoint(request.path), request.path != "/v1/whoami" {
+            return GatewayResponse.problem(
+                .notFound, code: .notFound, title: "Not found",
+                detail: listener == .partners ? "officer endpoints are served on the officers' listener" : "this listener serves officer endpoints only",
+                route: "unknown")
         }
         switch (request.method, request.path) {
         case (.GET, "/v1/whoami"):

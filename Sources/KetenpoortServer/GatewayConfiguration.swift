@@ -62,6 +62,9 @@ public struct GatewayConfiguration: Sendable {
     public var listen = ListenAddress(host: "127.0.0.1", port: 8443)
     /// The operations listener (`/health`, `/metrics`); loopback by default.
     public var operationsListen = ListenAddress(host: "127.0.0.1", port: 9443)
+    /// A listener of its own for the officer endpoints (`/console/`, `/v1/audit/entries…`,
+    /// `/v1/reviews`); when set, the main listener no longer serves them.
+    public var officerListen: ListenAddress?
     public var certificatePath = ""
     public var privateKeyPath = ""
     /// The partner CA bundle: client certificates must chain to one of these roots.
@@ -85,7 +88,7 @@ public struct GatewayConfiguration: Sendable {
     /// The keys a configuration file may contain (anything else is an error: a typo must not be
     /// silently ignored in a security product).
     static let knownKeys: [String: Set<String>] = [
-        "": ["listen", "ops_listen", "tls", "client_tls", "policies", "database", "keys", "limits", "event_loop_threads", "log_level", "audit"],
+        "": ["listen", "ops_listen", "officer_listen", "tls", "client_tls", "policies", "database", "keys", "limits", "event_loop_threads", "log_level", "audit"],
         "audit": ["origin", "checkpoint_entries", "checkpoint_seconds"],
         "tls": ["certificate", "key", "client_ca", "crl", "min_version", "session_resumption"],
         "client_tls": ["certificate", "key"],
@@ -124,6 +127,9 @@ public struct GatewayConfiguration: Sendable {
         let reader = ConfigReader(file: file, base: baseDirectory)
         try reader.checkKeys(root, section: "")
         if let v = root["listen"] { configuration.listen = try ListenAddress(parsing: try reader.string(v, "listen"), what: "\(reader.at(v))listen") }
+        if let v = root["officer_listen"] {
+            configuration.officerListen = try ListenAddress(parsing: try reader.string(v, "officer_listen"), what: "\(reader.at(v))officer_listen")
+        }
         if let v = root["ops_listen"] {
             configuration.operationsListen = try ListenAddress(parsing: try reader.string(v, "ops_listen"), what: "\(reader.at(v))ops_listen")
         }

@@ -24,6 +24,7 @@ public final class HealthRegistry: Sendable {
 public struct GatewayAddresses: Sendable {
     public let main: SocketAddress
     public let operations: SocketAddress
+    public var officers: SocketAddress? = nil
 
     /// `https://HOST:PORT` of the main listener.
     public var mainURL: String {
@@ -50,6 +51,8 @@ public final class GatewayServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let tls: TLSContextBox
     let responder: GatewayResponder
+    /// Serves the officer listener when one is configured.
+    let officerResponder: GatewayResponder?
     let reloadSnapshot: @Sendable () async throws -> Void
     private let openConnections = Atomic<Int>(0)
     private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
@@ -59,9 +62,10 @@ public final class GatewayServer: Sendable {
     ///   - reloadSnapshot: rebuilds what requests are decided with (partners, policies); called on
     ///     SIGHUP and when the policy directory changes. Throws to keep the old one.
     public init(
-        configuration: GatewayConfiguration, responder: GatewayResponder, metrics: GatewayMetrics, health: HealthRegistry,
-        logger: Logger, reloadSnapshot: @escaping @Sendable () async throws -> Void = {}
+        configuration: GatewayConfiguration, responder: GatewayResponder, officerResponder: GatewayResponder? = nil, metrics: GatewayMetrics,
+        health: HealthRegistry, logger: Logger, reloadSnapshot: @escaping @Sendable () async throws -> Void = {}
     ) throws {
+        self.officerResponder = officerResponder
         self.configuration = configuration
         self.metrics = metrics
         self.health = health
@@ -77,7 +81,7 @@ public final class GatewayServer: Sendable {
     public func start() async throws -> GatewayAddresses {
         let main: Channel
         do {
-            main = try await mainBootstrap().bind(host: configuration.listen.host, port: configuration.listen.port).get()
+            main = try await mainBootstrap(responder: responder).bind(host: configuration.listen.host, port: configuration.listen.port).get()
         } catch {
             throw KetenpoortError(.configuration, "cannot listen on \(configuration.listen): \(error)")
         }
@@ -90,12 +94,25 @@ public final class GatewayServer: Sendable {
             try? await main.close()
             throw KetenpoortError(.configuration, "cannot listen on \(configuration.operationsListen) (operations): \(error)")
         }
-        listeners.withLock { $0 = [main, ops] }
+        var channels = [main, ops]
+        var addresses = GatewayAddresses(main: main.localAddress!, operations: ops.localAddress!)
+        if let officerAddress = configuration.officerListen, let officerResponder {
+            do {
+                let officers = try await mainBootstrap(responder: officerResponder).bind(host: officerAddress.host, port: officerAddress.port).get()
+                channels.append(officers)
+                addresses.officers = officers.localAddress
+            } catch {
+                try? await main.close()
+                try? await ops.close()
+                throw KetenpoortError(.configuration, "cannot listen on \(officerAddress) (officers): \(error)")
+            }
+        }
+        listeners.withLock { $0 = channels }
         health.set("listener", ready: true)
-        return GatewayAddresses(main: main.localAddress!, operations: ops.localAddress!)
+        return addresses
     }
 
-    private func mainBootstrap() -> ServerBootstrap {
+    private func mainBootstrap(responder: GatewayResponder) -> ServerBootstrap {
         let limits = configuration.limits
         let handshakeTimeout = TimeAmount.nanoseconds(
             Int64(limits.handshakeTimeout.components.seconds) * 1_000_000_000
@@ -137,7 +154,7 @@ public final class GatewayServer: Sendable {
                     // buffer, one TLS record), handles pipelining and answers parse errors.
                     try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try sync.addHandler(
-                        GatewayHTTPHandler(responder: self.responder, limits: limits, metrics: metrics, clock: clock))
+                        GatewayHTTPHandler(responder: responder, limits: limits, metrics: metrics, clock: clock))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)

@@ -33,6 +33,7 @@ func runGateway(_ configuration: GatewayConfiguration, afterReady: (@Sendable (G
     try await Gateway.run(configuration: configuration, logger: logger) { addresses in
         announce("ready: \(addresses.mainURL)")
         announce("operations: \(addresses.operationsURL)")
+        if let officers = addresses.officers { announce("officers: https://\(officers.ipAddress ?? "127.0.0.1"):\(officers.port ?? 0)") }
         afterReady?(addresses)
     }
 }

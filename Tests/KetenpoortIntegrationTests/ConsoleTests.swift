@@ -109,3 +109,34 @@ struct ConsoleBrowserTests {
         await client.close()
     }
 }
+
+/// `officer_listen`: officer endpoints on a listener of their own.
+@Suite("Officers' listener")
+struct OfficerListenerTests {
+    @Test("with officer_listen the console moves to its own listener; the main listener no longer serves it, and the officers' listener serves nothing else")
+    func separateListener() async throws {
+        let gateway = try GatewayProcess(extraConfiguration: "officer_listen: 127.0.0.1:0\n")
+        defer { gateway.stop() }
+        for _ in 0..<50 where !gateway.stdout.contains("officers: ") { try await Task.sleep(for: .milliseconds(50)) }
+        let officersPort = GatewayProcess.port(in: gateway.stdout, after: "officers: https://127.0.0.1:")
+        #expect(officersPort > 0, "\(gateway.stdout)")
+        let officer = PKIFixture.officer("privacy-officer-zhz")
+        let partner = PKIFixture.partner("wijkteam-dordrecht")
+        let onMain = try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)
+        #expect(try await onMain.request("/console/").status == 404)
+        #expect(try await onMain.request("/v1/reviews").status == 404)
+        #expect(try await onMain.request("/v1/whoami").status == 200)
+        await onMain.close()
+        let onOfficers = try await TestHTTPSClient.connect(port: officersPort, cert: officer.cert, key: officer.key)
+        #expect(try await onOfficers.request("/console/").status == 200)
+        #expect(try await onOfficers.request("/v1/reviews").status == 200)
+        await onOfficers.close()
+        let partnerOnOfficers = try await TestHTTPSClient.connect(port: officersPort, cert: partner.cert, key: partner.key)
+        #expect(try await partnerOnOfficers.request("/v1/inbox").status == 404)
+        #expect(try await partnerOnOfficers.request("/console/").status == 403)
+        await partnerOnOfficers.close()
+        let partnerOnMain = try await TestHTTPSClient.connect(port: gateway.port, cert: partner.cert, key: partner.key)
+        #expect(try await partnerOnMain.request("/v1/inbox").status == 200)
+        await partnerOnMain.close()
+    }
+}
