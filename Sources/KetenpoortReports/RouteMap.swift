@@ -128,7 +128,9 @@ public struct RouteMap {
             out += "<title>\(RouteMap.escape(title))</title>"
             out += String(format: "<path d=\"M%.1f,%.1f Q%.1f,%.1f %.1f,%.1f\" marker-end=\"url(#arrow-%@)\"/>", a.x, a.y, cx, cy, ex, ey, RouteMap.escape(table.id))
             if observed {
-                out += String(format: "<text x=\"%.1f\" y=\"%.1f\" class=\"count\">✓%d ✗%d</text>", cx, cy, edge.permits, edge.denials)
+                // On the curve itself: a quadratic Bézier's midpoint is ¼ start + ½ control + ¼ end.
+                let tx = 0.25 * a.x + 0.5 * cx + 0.25 * ex, ty = 0.25 * a.y + 0.5 * cy + 0.25 * ey
+                out += String(format: "<text x=\"%.1f\" y=\"%.1f\" class=\"count\">✓%d ✗%d</text>", tx, ty - 4, edge.permits, edge.denials)
             }
             out += "</g>"
         }
