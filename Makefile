@@ -36,6 +36,7 @@ test: test-deps
 	$(SWIFT) test --skip-build --no-parallel 2>&1 | tee .build/swift-test-output.txt
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 	$(BIN_DEBUG) bench log --entries 2000 --report-entries 5000
+	python3 scripts/bench_exchanges.py --smoke --bin $(BIN_DEBUG)
 
 ## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).
 bench: release test-deps
@@ -43,7 +44,9 @@ bench: release test-deps
 	@python3 -c "import cedarpy" 2>/dev/null || python3 -m pip install -q cedarpy
 	python3 scripts/bench_policy.py $(BIN_RELEASE)
 	$(BIN_RELEASE) bench pseudonym
-	$(BIN_RELEASE) bench log
+	$(BIN_RELEASE) bench log --dir /tmp/ketenpoort-bench-log
+	python3 scripts/bench_exchanges.py --bin $(BIN_RELEASE)
+	python3 scripts/bench_routemap.py --bin $(BIN_RELEASE) --dir /tmp/ketenpoort-bench-log
 
 policy-check: build
 	$(BIN_DEBUG) policy check Policies
