@@ -74,7 +74,10 @@ struct PushDeliveryTests {
 
         // The endpoint comes up (answering 503 once), the gateway restarts: the push is retried and lands.
         let receiver = try startReceiver(port: port, out: received, failures: 1)
-        defer { receiver.terminate() }
+        defer {
+            kill(receiver.processIdentifier, SIGKILL)
+            receiver.waitUntilExit()
+        }
         let again = try GatewayProcess(directory: gateway.directory, configPath: gateway.configPath, arguments: ["serve", "--config", gateway.configPath])
         defer { again.stop() }
         var lines: [String] = []

@@ -140,7 +140,16 @@ final class ResponseCollector: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    func enqueue(_ promise: EventLoopPromise<TestResponse>) { waiting.append(promise) }
+    /// After the connection closed, a new request fails at once instead of waiting forever.
+    private var closedError: Error?
+
+    func enqueue(_ promise: EventLoopPromise<TestResponse>) {
+        if let closedError {
+            promise.fail(closedError)
+            return
+        }
+        waiting.append(promise)
+    }
 
     func send(head: HTTPRequestHead, body: ByteBuffer?) {
         guard let context else { return }
@@ -183,6 +192,7 @@ final class ResponseCollector: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func fail(_ error: Error) {
+        closedError = closedError ?? error
         if !handshakeDone {
             handshakeDone = true
             handshake.fail(error)
