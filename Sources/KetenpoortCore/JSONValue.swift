@@ -309,6 +309,7 @@ public struct JSONParser {
         mutating func parseString() throws -> String {
             index += 1  // opening quote
             var out: [UInt8] = []
+            out.reserveCapacity(32)
             while true {
                 guard index < bytes.count else { throw error("unterminated string") }
                 let c = bytes[index]
@@ -351,8 +352,15 @@ public struct JSONParser {
                     }
                 default:
                     guard c >= 0x20 else { throw error("control character in string") }
-                    out.append(c)
-                    index += 1
+                    // Copy the run up to the next quote, backslash or control character at once.
+                    var end = index + 1
+                    while end < bytes.count {
+                        let d = bytes[end]
+                        if d == 0x22 || d == 0x5C || d < 0x20 { break }
+                        end += 1
+                    }
+                    out.append(contentsOf: bytes[index..<end])
+                    index = end
                 }
             }
         }
