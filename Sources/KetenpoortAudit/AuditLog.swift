@@ -147,30 +147,27 @@ public final class AuditLog: @unchecked Sendable {
     /// Appends one entry; returns its sequence number once it is durable.
     public func append(_ record: AuditRecord) async throws -> Int64 {
         try await withCheckedThrowingContinuation { continuation in
-            condition.lock()
-            if stopped {
-                condition.unlock()
-                continuation.resume(throwing: KetenpoortError(.auditUnavailable, "the audit log is closed"))
-                return
-            }
-            pending.append((record, continuation))
-            condition.signal()
-            condition.unlock()
+            handToWriter(ifClosed: { continuation.resume(throwing: $0) }) { pending.append((record, continuation)) }
         }
+    }
+
+    /// Queues work for the writer thread, or fails it when the log is closed.
+    private func handToWriter(ifClosed fail: (KetenpoortError) -> Void, _ enqueue: () -> Void) {
+        condition.lock()
+        if stopped {
+            condition.unlock()
+            fail(KetenpoortError(.auditUnavailable, "the audit log is closed"))
+            return
+        }
+        enqueue()
+        condition.signal()
+        condition.unlock()
     }
 
     /// Signs a tree head now if entries were appended since the last one; returns the newest.
     public func checkpoint() async throws -> StoredCheckpoint? {
         try await withCheckedThrowingContinuation { continuation in
-            condition.lock()
-            if stopped {
-                condition.unlock()
-                continuation.resume(throwing: KetenpoortError(.auditUnavailable, "the audit log is closed"))
-                return
-            }
-            checkpointRequested.append(continuation)
-            condition.signal()
-            condition.unlock()
+            handToWriter(ifClosed: { continuation.resume(throwing: $0) }) { checkpointRequested.append(continuation) }
         }
     }
 

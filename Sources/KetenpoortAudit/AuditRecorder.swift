@@ -30,6 +30,8 @@ public struct ExchangeEvent: Sendable {
     public var texts: [String: String]
     /// Consent ids, when the ground is consent.
     public var consentIDs: [String]
+    /// The subjects' log pseudonyms when the caller already made them (they key the registry).
+    public var subjectPseudonyms: [String]?
 
     public init(exchangeID: String, request: DecisionRequest, decision: Decision, subjects: [BSN], texts: [String: String] = [:], consentIDs: [String] = []) {
         self.exchangeID = exchangeID
@@ -115,7 +117,8 @@ public struct AuditRecorder: Sendable {
         let retain = obligations.retentionYears.map { AuditRecorder.date(request.facts.date, plusYears: $0) }
         return AuditRecord(
             kind: decision.isPermit ? AuditKind.exchangePermitted.rawValue : AuditKind.exchangeDenied.rawValue, members: members,
-            subjects: try Array(Set(event.subjects.map(subjectPseudonym))).sorted(), texts: try sealed(event.texts), retainUntil: retain)
+            subjects: Array(Set(try event.subjectPseudonyms ?? event.subjects.map(subjectPseudonym))).sorted(), texts: try sealed(event.texts),
+            retainUntil: retain)
     }
 
     /// The entry for a re-identification (the value itself never; the subject as a pseudonym).

@@ -122,17 +122,12 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     /// After a failed write the connection may stay in SQLite's error state: the next write
     /// opens a fresh one (the uncommitted WAL frames are ignored on open).
     private var reopenBeforeNextWrite = false
-    /// Prepared point lookups (proofs make many), reset before each use.
-    private var lookups: [String: SQLiteStatement] = [:]
+    /// Prepared point lookups and inserts (proofs and group commits make many).
+    private var lookups: StatementCache?
 
     private func lookup(_ sql: String) throws -> SQLiteStatement {
-        if let statement = lookups[sql] {
-            statement.reset()
-            return statement
-        }
-        let statement = try database.prepare(sql)
-        lookups[sql] = statement
-        return statement
+        if lookups?.database !== database { lookups = StatementCache(database: database) }
+        return try lookups!.statement(sql)
     }
 
     public static let schema = """
@@ -258,7 +253,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
 
     public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
         if reopenBeforeNextWrite, let writable {
-            lookups = [:]
+            lookups = nil
             database = try SQLiteDatabase(path: writable.path, synchronous: writable.synchronous)
             reopenBeforeNextWrite = false
         }

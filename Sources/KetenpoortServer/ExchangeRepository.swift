@@ -12,7 +12,7 @@ import KetenpoortStore
 final class ExchangeRepository: @unchecked Sendable {
     private let database: SQLiteDatabase
     private let lock = NSLock()
-    private var statements: [String: SQLiteStatement] = [:]
+    private let statements: StatementCache
 
     static let schema = """
         CREATE TABLE IF NOT EXISTS exchanges (
@@ -84,6 +84,7 @@ final class ExchangeRepository: @unchecked Sendable {
 
     init(path: String) throws {
         database = try SQLiteDatabase(path: path)
+        statements = StatementCache(database: database)
         try database.execute(ExchangeRepository.schema)
         // Push delivery state (added after the first inbox schema; older databases get the columns).
         var columns: Set<String> = []
@@ -104,15 +105,7 @@ final class ExchangeRepository: @unchecked Sendable {
     func with<T>(_ body: (_ statement: (String) throws -> SQLiteStatement) throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
-        return try body { sql in
-            if let cached = statements[sql] {
-                cached.reset()
-                return cached
-            }
-            let statement = try database.prepare(sql)
-            statements[sql] = statement
-            return statement
-        }
+        return try body(statements.statement)
     }
 
     // MARK: side writes (same transaction as the log entry)

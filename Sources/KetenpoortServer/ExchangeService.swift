@@ -276,9 +276,9 @@ final class ExchangeService: Sendable {
         if let j = basis["justification"]?.stringValue { texts["justification"] = j }
         if let c = basis["conflictOfDuties"] { texts["conflictOfDuties"] = c.serialized(sortedKeys: true) }
         if let p = basis["professional"]?.stringValue { texts["professional"] = p }
-        var record = try audit.recorder.exchange(
-            ExchangeEvent(exchangeID: exchangeID, request: decisionRequest, decision: decision, subjects: subjects.map(\.bsn), texts: texts),
-            registry: snapshot.registry)
+        var event = ExchangeEvent(exchangeID: exchangeID, request: decisionRequest, decision: decision, subjects: subjects.map(\.bsn), texts: texts)
+        event.subjectPseudonyms = refs  // made above from the same BSNs; not computed twice
+        var record = try audit.recorder.exchange(event, registry: snapshot.registry)
         let obligations = decision.obligations
         let now = AuditClock.timestamp()
         let status: Int

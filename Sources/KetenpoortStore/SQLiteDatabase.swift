@@ -152,3 +152,23 @@ extension KetenpoortError.Code {
     public static let storageConstraint = KetenpoortError.Code("storage_constraint")
     public static let storage = KetenpoortError.Code("storage")
 }
+
+/// Prepared statements of one connection, kept by their SQL and reset before each reuse (a
+/// statement prepared once serves every later call). Not thread-safe: one user at a time, like
+/// the connection.
+public final class StatementCache {
+    public let database: SQLiteDatabase
+    private var statements: [String: SQLiteStatement] = [:]
+
+    public init(database: SQLiteDatabase) { self.database = database }
+
+    public func statement(_ sql: String) throws -> SQLiteStatement {
+        if let cached = statements[sql] {
+            cached.reset()
+            return cached
+        }
+        let statement = try database.prepare(sql)
+        statements[sql] = statement
+        return statement
+    }
+}
