@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 SWIFT ?= swift
-BUILD_DEPS := libssl-dev libsqlite3-dev pkg-config openssl
+BUILD_DEPS := libssl-dev libsqlite3-dev libpq-dev pkg-config openssl
 TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3 chromium
 BIN_DEBUG := .build/debug/ketenpoort
 BIN_RELEASE := .build/release/ketenpoort

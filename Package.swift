@@ -36,6 +36,12 @@ let package = Package(
             providers: [.apt(["libsqlite3-dev"]), .brew(["sqlite"])]
         ),
 
+        .systemLibrary(
+            name: "CPostgres",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"]), .brew(["libpq"])]
+        ),
+
         // Pure: errors, identifiers (BSN, OIN), no I/O.
         .target(name: "KetenpoortCore", swiftSettings: strict),
 
@@ -54,8 +60,9 @@ let package = Package(
             swiftSettings: strict
         ),
 
-        // Storage over the system SQLite (the embedded default). The audit log builds on it.
-        .target(name: "KetenpoortStore", dependencies: ["CSQLite", "KetenpoortCore"], swiftSettings: strict),
+        // Storage: the system SQLite (the embedded default) and PostgreSQL through the system
+        // libpq (several gateways on one database), behind one small SQL interface.
+        .target(name: "KetenpoortStore", dependencies: ["CSQLite", "CPostgres", "KetenpoortCore"], swiftSettings: strict),
 
         // The tamper-evident audit log: hash chain and RFC 9162 Merkle tree over the store.
         .target(name: "KetenpoortAudit", dependencies: ["KetenpoortStore", "KetenpoortCrypto", "KetenpoortPolicy", "KetenpoortCore"], swiftSettings: strict),
@@ -116,7 +123,7 @@ let package = Package(
             name: "ketenpoort",
             dependencies: [
                 "KetenpoortCore", "KetenpoortPolicy", "KetenpoortCrypto", "KetenpoortPKI",
-                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench", "KetenpoortAudit", "KetenpoortReports",
+                "KetenpoortTLS", "KetenpoortServer", "KetenpoortBench", "KetenpoortAudit", "KetenpoortReports", "KetenpoortStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -26,6 +26,19 @@ public struct AuditTail: Sendable {
         return acc
     }
 
+    /// The tail of a log of `size` entries ending in `chain`: its frontier read through `node`.
+    static func load(size: Int64, chain: [UInt8], node: (Int, Int64) throws -> [UInt8]) rethrows -> AuditTail {
+        var tail = AuditTail.empty
+        tail.size = size
+        tail.chain = chain
+        var offset: Int64 = 0
+        for level in stride(from: 62, through: 0, by: -1) where size & (Int64(1) << Int64(level)) != 0 {
+            tail.frontier.append((level, try node(level, offset >> Int64(level))))
+            offset += Int64(1) << Int64(level)
+        }
+        return tail
+    }
+
     /// Adds a leaf; returns the interior nodes it completes as (level, position, hash).
     public mutating func push(leaf: [UInt8]) -> [(level: Int, position: Int64, hash: [UInt8])] {
         var completed: [(level: Int, position: Int64, hash: [UInt8])] = []
@@ -111,6 +124,65 @@ public protocol AuditStore: AnyObject {
     func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]?
     /// Sequences of entries not yet erased whose retention ended before `date` (YYYY-MM-DD).
     func expired(before date: String) throws -> [Int64]
+    /// The entries from `from` (through `through`, or to the end) in order, as the verifier reads
+    /// them: sequence, body, leaf_hash, chain_hash, kind, erased_at.
+    func scan(from: Int64, through: Int64?) throws -> SQLCursor
+    /// The highest sequence stored (0 when empty).
+    func lastSequence() throws -> Int64
+    /// The stored chain hash of one entry.
+    func chainHash(sequence: Int64) throws -> [UInt8]?
+    /// The exchange entries of a period, counted per flow (the route map).
+    func observedFlows(from: String?, until: String?) throws -> [ObservedFlow]
+    /// Whether the database holds a table of this name (a gateway database also holds the inbox).
+    func hasTable(_ name: String) -> Bool
+}
+
+/// One observed flow: exchanges between two partners for a purpose, by decision and basis.
+public struct ObservedFlow: Sendable, Hashable {
+    public let caseTable: String
+    public let sender: String
+    public let recipient: String
+    public let purpose: String
+    public let decision: String
+    public let basisType: String
+    public let ground: String
+    public let rule: String
+    public let count: Int
+
+    public init(caseTable: String, sender: String, recipient: String, purpose: String, decision: String, basisType: String, ground: String, rule: String, count: Int) {
+        self.caseTable = caseTable
+        self.sender = sender
+        self.recipient = recipient
+        self.purpose = purpose
+        self.decision = decision
+        self.basisType = basisType
+        self.ground = ground
+        self.rule = rule
+        self.count = count
+    }
+
+    static func sorted(_ flows: [ObservedFlow]) -> [ObservedFlow] {
+        flows.sorted { ($0.caseTable, $0.sender, $0.recipient, $0.purpose, $0.decision) < ($1.caseTable, $1.sender, $1.recipient, $1.purpose, $1.decision) }
+    }
+}
+
+/// Opens the audit log wherever the configuration puts it.
+public enum AuditStores {
+    /// A store the writer appends through (creates the audit tables when missing).
+    public static func writable(_ location: DatabaseLocation) throws -> AuditStore {
+        switch location {
+        case .sqlite(let path): return try SQLiteAuditStore(path: path)
+        case .postgresql(let settings): return try PostgresAuditStore(settings: settings)
+        }
+    }
+
+    /// A store for reading an existing log.
+    public static func reading(_ location: DatabaseLocation) throws -> AuditStore {
+        switch location {
+        case .sqlite(let path): return try SQLiteAuditStore(readingFrom: path)
+        case .postgresql(let settings): return try PostgresAuditStore(settings: settings, readOnly: true)
+        }
+    }
 }
 
 /// The audit log in SQLite (WAL), through the system libsqlite3.
@@ -192,7 +264,6 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         }
     }
 
-    /// Whether the database holds a table of this name (a gateway database also holds the inbox).
     public func hasTable(_ name: String) -> Bool {
         guard let statement = try? database.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?") else { return false }
         statement.bind(1, name)
@@ -216,14 +287,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         }
         last.reset()
         if let cached = cachedTail, cached.size == size, cached.chain == chain { return cached }
-        var tail = AuditTail.empty
-        tail.size = size
-        tail.chain = chain
-        var offset: Int64 = 0
-        for level in stride(from: 62, through: 0, by: -1) where size & (Int64(1) << Int64(level)) != 0 {
-            tail.frontier.append((level, try node(level: level, position: offset >> Int64(level))))
-            offset += Int64(1) << Int64(level)
-        }
+        var tail = try AuditTail.load(size: size, chain: chain) { try node(level: $0, position: $1) }
         let checkpoint = try database.prepare("SELECT tree_size, time FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1")
         if try checkpoint.step() {
             tail.checkpointSize = checkpoint.int64(0)
@@ -394,19 +458,6 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         }
     }
 
-    /// One observed flow: exchanges between two partners for a purpose, by decision and basis.
-    public struct ObservedFlow: Sendable, Hashable {
-        public let caseTable: String
-        public let sender: String
-        public let recipient: String
-        public let purpose: String
-        public let decision: String
-        public let basisType: String
-        public let ground: String
-        public let rule: String
-        public let count: Int
-    }
-
     /// The exchange entries of a period, counted per flow, grouped in SQLite. A large log is
     /// counted in two halves on two connections and threads.
     public func observedFlows(from: String?, until: String?) throws -> [ObservedFlow] {
@@ -433,7 +484,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             let v = values.map { $0.stringValue ?? "" }
             flows.append(ObservedFlow(caseTable: v[0], sender: v[1], recipient: v[2], purpose: v[3], decision: v[4], basisType: v[5], ground: v[6], rule: v[7], count: count))
         }
-        return flows.sorted { ($0.caseTable, $0.sender, $0.recipient, $0.purpose, $0.decision) < ($1.caseTable, $1.sender, $1.recipient, $1.purpose, $1.decision) }
+        return ObservedFlow.sorted(flows)
     }
 
     /// One json_extract with many paths parses each body once and returns them as a JSON array.
@@ -482,6 +533,26 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         var result: [Int64] = []
         while try statement.step() { result.append(statement.int64(0)) }
         return result
+    }
+
+    public func scan(from: Int64, through: Int64?) throws -> SQLCursor {
+        // One sequential pass: map the file instead of copying every page through read().
+        try? database.execute("PRAGMA mmap_size = 1073741824")
+        let upper = through.map { " AND sequence <= \($0)" } ?? ""
+        return try database.prepare(
+            "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
+    }
+
+    public func lastSequence() throws -> Int64 {
+        let max = try database.prepare("SELECT coalesce(max(sequence), 0) FROM audit_entries")
+        _ = try max.step()
+        return max.int64(0)
+    }
+
+    public func chainHash(sequence: Int64) throws -> [UInt8]? {
+        let statement = try database.prepare("SELECT chain_hash FROM audit_entries WHERE sequence = ?")
+        statement.bind(1, sequence)
+        return try statement.step() ? statement.blob(0) : nil
     }
 }
 

@@ -68,7 +68,12 @@ public enum AuditVerifier {
     /// (the second half starts from the stored chain hash the first half verifies) and the tree
     /// heads above the split are `H(root of the first half, root of the rest)` (RFC 9162).
     public static func verify(path: String, keys: [LogVerifierKey]? = nil, external: String? = nil, splitFrom: Int64 = 1 << 16) throws -> Report {
-        let store = try SQLiteAuditStore(readingFrom: path)
+        try verify(location: .sqlite(path: path), keys: keys, external: external, splitFrom: splitFrom)
+    }
+
+    /// Verifies the log wherever it is (a SQLite file or a PostgreSQL database).
+    public static func verify(location: DatabaseLocation, keys: [LogVerifierKey]? = nil, external: String? = nil, splitFrom: Int64 = 1 << 16) throws -> Report {
+        let store = try AuditStores.reading(location)
         var externalCheckpoint: Checkpoint?
         if let external {
             guard let keys else { throw KetenpoortError(.invalidInput, "checking a checkpoint needs the log's public key (`--public-key` or `--keys`)") }
@@ -80,9 +85,7 @@ public enum AuditVerifier {
         var lastSequence: Int64 = 0
         do {
             checkpoints = try store.checkpoints()
-            let max = try store.database.prepare("SELECT coalesce(max(sequence), 0) FROM audit_entries")
-            _ = try max.step()
-            lastSequence = max.int64(0)
+            lastSequence = try store.lastSequence()
         } catch let error as KetenpoortError {
             report.firstBadEntry = 1
             report.problem = "the database is unreadable or corrupt: \(error.message)"
@@ -115,18 +118,11 @@ public enum AuditVerifier {
             while split << 1 < lastSequence { split <<= 1 }
         }
         let sizes = heads.map(\.size)
-        let first = RangeScan(path: path, from: 1, through: split > 0 ? split : nil, previousChain: [UInt8](repeating: 0, count: 32), rootsAt: sizes)
+        let first = RangeScan(location: location, from: 1, through: split > 0 ? split : nil, previousChain: [UInt8](repeating: 0, count: 32), rootsAt: sizes)
         var second: RangeScan?
         if split > 0 {
-            let chainAtSplit: [UInt8]
-            do {
-                let statement = try store.database.prepare("SELECT chain_hash FROM audit_entries WHERE sequence = ?")
-                statement.bind(1, split)
-                chainAtSplit = try statement.step() ? (statement.blob(0) ?? []) : []
-            } catch {
-                chainAtSplit = []
-            }
-            second = RangeScan(path: path, from: split + 1, through: nil, previousChain: chainAtSplit, rootsAt: sizes)
+            let chainAtSplit = ((try? store.chainHash(sequence: split)) ?? nil) ?? []
+            second = RangeScan(location: location, from: split + 1, through: nil, previousChain: chainAtSplit, rootsAt: sizes)
         }
         if let second {
             let thread = Thread { second.run() }
@@ -189,7 +185,7 @@ public enum AuditVerifier {
 /// own sequence numbers, the chain from `previousChain`, the tree of this range as a binary
 /// counter, and its roots at the requested sizes.
 final class RangeScan: @unchecked Sendable {
-    let path: String
+    let location: DatabaseLocation
     let from: Int64
     let through: Int64?
     let previousChain: [UInt8]
@@ -205,8 +201,8 @@ final class RangeScan: @unchecked Sendable {
     private var occupied: UInt64 = 0
     private static let nodePrefix: [UInt8] = [0x01]
 
-    init(path: String, from: Int64, through: Int64?, previousChain: [UInt8], rootsAt: [Int64]) {
-        self.path = path
+    init(location: DatabaseLocation, from: Int64, through: Int64?, previousChain: [UInt8], rootsAt: [Int64]) {
+        self.location = location
         self.from = from
         self.through = through
         self.previousChain = previousChain
@@ -234,12 +230,10 @@ final class RangeScan: @unchecked Sendable {
         let leafPrefix: [UInt8] = [0x00]
         var expected = from
         do {
-            let db = try SQLiteDatabase(path: path, readOnly: true)
-            // One sequential pass: map the file instead of copying every page through read().
-            try? db.execute("PRAGMA mmap_size = 1073741824")
-            let upper = through.map { " AND sequence <= \($0)" } ?? ""
-            let rows = try db.prepare(
-                "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
+            let store = try AuditStores.reading(location)
+            // The cursor reads through the store's connection: keep it until the scan ends.
+            defer { withExtendedLifetime(store) {} }
+            let rows = try store.scan(from: from, through: through)
             while try rows.step() {
                 let sequence = rows.int64(0)
                 guard sequence == expected else {

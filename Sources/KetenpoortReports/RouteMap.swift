@@ -9,10 +9,10 @@ import KetenpoortPolicy
 /// No personal data: the log is read only as counts per partner pair, purpose and basis.
 public struct RouteMap {
     public let policies: PolicySet
-    public let flows: [SQLiteAuditStore.ObservedFlow]
+    public let flows: [ObservedFlow]
     public let period: String
 
-    public init(policies: PolicySet, flows: [SQLiteAuditStore.ObservedFlow], period: String) {
+    public init(policies: PolicySet, flows: [ObservedFlow], period: String) {
         self.policies = policies
         self.flows = flows
         self.period = period

@@ -73,7 +73,7 @@ struct Console {
             case (.GET, "/console/uninformed"): return try uninformed()
             case (.POST, _) where path.hasPrefix("/console/uninformed/"): return try await informed(String(path.dropFirst("/console/uninformed/".count)), request, officer)
             case (.GET, "/console/integrity"): return try integrity(verified: nil)
-            case (.POST, "/console/integrity/verify"): return try integrity(verified: try AuditVerifier.verify(path: audit.databasePath, keys: try audit.keys.verifierKeys))
+            case (.POST, "/console/integrity/verify"): return try integrity(verified: try AuditVerifier.verify(location: audit.database, keys: try audit.keys.verifierKeys))
             case (.GET, "/console/routemap"): return try routemap()
             case (.GET, "/console/subject-report"): return subjectReportForm()
             case (.POST, "/console/subject-report"): return try subjectReport(request)

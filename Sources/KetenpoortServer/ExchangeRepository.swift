@@ -10,11 +10,12 @@ import KetenpoortStore
 /// Nothing personal is stored in clear: subjects and grantors as log-domain pseudonyms, payloads
 /// sealed per recipient, the stored idempotent answers hold no data.
 final class ExchangeRepository: @unchecked Sendable {
-    private let database: SQLiteDatabase
+    private let database: SQLDatabase
     private let lock = NSLock()
-    private let statements: StatementCache
 
-    static let schema = """
+    /// The exchange tables at schema version 1; `blob` and `serial` name the backend's types.
+    static func schemaV1(blob: String, serial: String, bigint: String) -> String {
+        """
         CREATE TABLE IF NOT EXISTS exchanges (
             id TEXT PRIMARY KEY,
             sender TEXT NOT NULL,
@@ -26,18 +27,23 @@ final class ExchangeRepository: @unchecked Sendable {
             review_state TEXT NOT NULL,
             basis_ground TEXT NOT NULL,
             inform_subject_by TEXT,
-            log_sequence INTEGER NOT NULL,
-            created_at TEXT NOT NULL
+            log_sequence \(bigint) NOT NULL,
+            created_at TEXT NOT NULL,
+            informed_at TEXT
         );
         CREATE INDEX IF NOT EXISTS exchanges_review ON exchanges (review_state) WHERE review_state = 'pending';
         CREATE TABLE IF NOT EXISTS inbox (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id \(serial),
             exchange_id TEXT NOT NULL UNIQUE,
             recipient TEXT NOT NULL,
-            sealed_payload BLOB,
+            sealed_payload \(blob),
             delivered_at TEXT NOT NULL,
             acknowledged_at TEXT,
-            retain_until TEXT
+            retain_until TEXT,
+            push_attempts INTEGER NOT NULL DEFAULT 0,
+            next_push_at TEXT,
+            pushed_at TEXT,
+            push_error TEXT
         );
         CREATE INDEX IF NOT EXISTS inbox_recipient ON inbox (recipient, id);
         CREATE TABLE IF NOT EXISTS consents (
@@ -54,14 +60,14 @@ final class ExchangeRepository: @unchecked Sendable {
             evidence_ref TEXT,
             registered_by TEXT NOT NULL,
             status TEXT NOT NULL,
-            log_sequence INTEGER NOT NULL
+            log_sequence \(bigint) NOT NULL
         );
         CREATE INDEX IF NOT EXISTS consents_subject ON consents (case_table, subject);
         CREATE TABLE IF NOT EXISTS consent_history (
             consent_id TEXT NOT NULL,
             status TEXT NOT NULL,
             by_partner TEXT NOT NULL,
-            log_sequence INTEGER NOT NULL
+            log_sequence \(bigint) NOT NULL
         );
         CREATE TABLE IF NOT EXISTS case_facts (
             case_table TEXT NOT NULL,
@@ -69,43 +75,48 @@ final class ExchangeRepository: @unchecked Sendable {
             type TEXT NOT NULL,
             value TEXT NOT NULL,
             registered_by TEXT NOT NULL,
-            log_sequence INTEGER NOT NULL,
+            log_sequence \(bigint) NOT NULL,
             PRIMARY KEY (case_table, subject, type)
         );
         CREATE TABLE IF NOT EXISTS idempotency (
             sender TEXT NOT NULL,
             key TEXT NOT NULL,
-            body_hash BLOB NOT NULL,
+            body_hash \(blob) NOT NULL,
             status INTEGER NOT NULL,
             answer TEXT NOT NULL,
             PRIMARY KEY (sender, key)
         );
         """
-
-    init(path: String) throws {
-        database = try SQLiteDatabase(path: path)
-        statements = StatementCache(database: database)
-        try database.execute(ExchangeRepository.schema)
-        // Push delivery state (added after the first inbox schema; older databases get the columns).
-        var columns: Set<String> = []
-        let info = try database.prepare("PRAGMA table_info(inbox)")
-        while try info.step() { if let name = info.string(1) { columns.insert(name) } }
-        for (column, type) in [("push_attempts", "INTEGER NOT NULL DEFAULT 0"), ("next_push_at", "TEXT"), ("pushed_at", "TEXT"), ("push_error", "TEXT")]
-        where !columns.contains(column) {
-            try database.execute("ALTER TABLE inbox ADD COLUMN \(column) \(type)")
-        }
-        // When the family was informed (recorded by an officer; added after the first schema).
-        columns = []
-        let exchangeInfo = try database.prepare("PRAGMA table_info(exchanges)")
-        while try exchangeInfo.step() { if let name = exchangeInfo.string(1) { columns.insert(name) } }
-        if !columns.contains("informed_at") { try database.execute("ALTER TABLE exchanges ADD COLUMN informed_at TEXT") }
     }
 
-    /// Runs `body` with the connection, one caller at a time; prepared statements are reused.
-    func with<T>(_ body: (_ statement: (String) throws -> SQLiteStatement) throws -> T) throws -> T {
+    /// Version 1 on an exchange database from before schema versions: the columns added since
+    /// its first tables (push state, when the family was informed).
+    static func addMissingColumnsV1(_ database: SQLDatabase) throws {
+        let inbox = try database.columns(of: "inbox")
+        for (column, type) in [("push_attempts", "INTEGER NOT NULL DEFAULT 0"), ("next_push_at", "TEXT"), ("pushed_at", "TEXT"), ("push_error", "TEXT")]
+        where !inbox.contains(column) {
+            try database.execute("ALTER TABLE inbox ADD COLUMN \(column) \(type)")
+        }
+        if !(try database.columns(of: "exchanges")).contains("informed_at") { try database.execute("ALTER TABLE exchanges ADD COLUMN informed_at TEXT") }
+    }
+
+    /// Version 2: an idempotency key is claimed in the database before the request is decided
+    /// (`status` 0 while in progress), so two instances never both carry out one request; the
+    /// answer's log position is kept in its own column.
+    static let schemaV2 = """
+        ALTER TABLE idempotency ADD COLUMN log_sequence BIGINT;
+        ALTER TABLE idempotency ADD COLUMN claimed_at TEXT;
+        """
+
+    init(location: DatabaseLocation) throws {
+        database = try location.connect()
+    }
+
+    /// Runs `body` with the connection, one caller at a time.
+    func with<T>(_ body: (SQLDatabase) throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
-        return try body(statements.statement)
+        return try body(database)
     }
 
     // MARK: side writes (same transaction as the log entry)
@@ -128,24 +139,54 @@ final class ExchangeRepository: @unchecked Sendable {
             [.text(exchangeID), .text(recipient), .blob(sealed), .text(deliveredAt), retainUntil.map { .text($0) } ?? .null])
     }
 
-    // MARK: reads
+    // MARK: idempotency
 
     struct StoredAnswer {
         let bodyHash: [UInt8]
         let status: Int
         let answer: String
+        let logSequence: Int64?
+        /// When the key was claimed by a request still in progress (`status` 0).
+        var claimedAt: String? = nil
+        var inProgress: Bool { status == 0 }
     }
 
     func idempotentAnswer(sender: String, key: String) throws -> StoredAnswer? {
-        try with { statement in
-            let s = try statement("SELECT body_hash, status, answer FROM idempotency WHERE sender = ? AND key = ?")
-            s.bind(1, sender)
-            s.bind(2, key)
-            defer { s.reset() }
-            guard try s.step() else { return nil }
-            return StoredAnswer(bodyHash: s.blob(0) ?? [], status: Int(s.int64(1)), answer: s.string(2) ?? "")
+        try with { db in
+            guard let r = try db.row("SELECT body_hash, status, answer, log_sequence, claimed_at FROM idempotency WHERE sender = ? AND key = ?", [.text(sender), .text(key)])
+            else { return nil }
+            return StoredAnswer(bodyHash: r.blob(0) ?? [], status: Int(r.int64(1)), answer: r.string(2) ?? "", logSequence: r.isNull(3) ? nil : r.int64(3), claimedAt: r.string(4))
         }
     }
+
+    /// Claims an idempotency key for a request about to be decided: `true` when this caller now
+    /// holds it. A claim older than `staleBefore` (its instance died mid-request) is taken over.
+    func claimIdempotencyKey(sender: String, key: String, bodyHash: [UInt8], now: String, staleBefore: String) throws -> Bool {
+        try with { db in
+            let inserted = try db.rows(
+                "INSERT OR IGNORE INTO idempotency (sender, key, body_hash, status, answer, claimed_at) VALUES (?, ?, ?, 0, '', ?) RETURNING status",
+                [.text(sender), .text(key), .blob(bodyHash), .text(now)])
+            if !inserted.isEmpty { return true }
+            let taken = try db.rows(
+                "UPDATE idempotency SET body_hash = ?, claimed_at = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at < ? RETURNING status",
+                [.blob(bodyHash), .text(now), .text(sender), .text(key), .text(staleBefore)])
+            return !taken.isEmpty
+        }
+    }
+
+    /// Gives a claim back (the request failed before anything was decided or logged).
+    func releaseIdempotencyKey(sender: String, key: String) throws {
+        try with { db in _ = try db.rows("DELETE FROM idempotency WHERE sender = ? AND key = ? AND status = 0", [.text(sender), .text(key)]) }
+    }
+
+    /// The side write that completes a claim with the answer, in the entry's transaction.
+    static func idempotentAnswerRow(sender: String, key: String, status: Int, answer: String) -> SideWrite {
+        SideWrite(
+            "UPDATE idempotency SET status = ?, answer = ?, log_sequence = ? WHERE sender = ? AND key = ?",
+            [.integer(Int64(status)), .text(answer), .sequence, .text(sender), .text(key)])
+    }
+
+    // MARK: consents and facts
 
     struct ConsentRow {
         let id: String
@@ -170,58 +211,49 @@ final class ExchangeRepository: @unchecked Sendable {
     static let consentColumns =
         "id, subject, grantor, grantor_ref, purposes, recipients, categories, valid_from, valid_until, status, registered_by, case_table"
 
-    static func consent(_ s: SQLiteStatement) -> ConsentRow {
+    static func consent(_ s: SQLRow) -> ConsentRow {
         ConsentRow(
             id: s.string(0) ?? "", subject: s.string(1) ?? "", grantor: s.string(2) ?? "", grantorRef: s.string(3),
             purposes: list(s.string(4)), recipients: list(s.string(5)), categories: list(s.string(6)), validFrom: s.string(7),
             validUntil: s.string(8), status: s.string(9) ?? "", registeredBy: s.string(10) ?? "", caseTable: s.string(11) ?? "")
     }
 
+    /// Read from the database on every decision (no cache): a withdrawal registered through any
+    /// instance holds for the next exchange decided by every instance.
     func consents(caseTable: String, subjects: [String]) throws -> [ConsentRow] {
         guard !subjects.isEmpty else { return [] }
-        return try with { statement in
+        return try with { db in
             var rows: [ConsentRow] = []
-            let s = try statement(
-                "SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE case_table = ? AND subject = ?")
             for subject in Set(subjects) {
-                s.reset()
-                s.bind(1, caseTable)
-                s.bind(2, subject)
-                while try s.step() { rows.append(ExchangeRepository.consent(s)) }
+                rows += try db.rows(
+                    "SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE case_table = ? AND subject = ?", [.text(caseTable), .text(subject)]
+                ).map(ExchangeRepository.consent)
             }
-            s.reset()
             return rows
         }
     }
 
     func consent(id: String) throws -> ConsentRow? {
-        try with { statement in
-            let s = try statement(
-                "SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE id = ?")
-            s.bind(1, id)
-            defer { s.reset() }
-            return try s.step() ? ExchangeRepository.consent(s) : nil
+        try with { db in
+            try db.row("SELECT \(ExchangeRepository.consentColumns) FROM consents WHERE id = ?", [.text(id)]).map(ExchangeRepository.consent)
         }
     }
 
     /// The newest fact of each type about each subject: subject → type → value.
     func facts(caseTable: String, subjects: [String]) throws -> [String: [String: JSONValue]] {
         guard !subjects.isEmpty else { return [:] }
-        return try with { statement in
+        return try with { db in
             var result: [String: [String: JSONValue]] = [:]
-            let s = try statement("SELECT type, value FROM case_facts WHERE case_table = ? AND subject = ?")
             for subject in Set(subjects) {
-                s.reset()
-                s.bind(1, caseTable)
-                s.bind(2, subject)
-                while try s.step() {
-                    if let type = s.string(0), let value = s.string(1).flatMap({ try? JSONParser.parse($0) }) { result[subject, default: [:]][type] = value }
+                for r in try db.rows("SELECT type, value FROM case_facts WHERE case_table = ? AND subject = ?", [.text(caseTable), .text(subject)]) {
+                    if let type = r.string(0), let value = r.string(1).flatMap({ try? JSONParser.parse($0) }) { result[subject, default: [:]][type] = value }
                 }
             }
-            s.reset()
             return result
         }
     }
+
+    // MARK: exchanges
 
     struct ExchangeRow {
         let id: String
@@ -241,7 +273,7 @@ final class ExchangeRepository: @unchecked Sendable {
     static let exchangeColumns =
         "id, sender, recipient, case_table, purpose, decision, answer, review_state, basis_ground, inform_subject_by, log_sequence, created_at"
 
-    static func exchange(_ s: SQLiteStatement) -> ExchangeRow {
+    static func exchange(_ s: SQLRow) -> ExchangeRow {
         ExchangeRow(
             id: s.string(0) ?? "", sender: s.string(1) ?? "", recipient: s.string(2) ?? "", caseTable: s.string(3) ?? "", purpose: s.string(4) ?? "",
             decision: s.string(5) ?? "", answer: s.string(6) ?? "", reviewState: s.string(7) ?? "", ground: s.string(8) ?? "",
@@ -249,38 +281,30 @@ final class ExchangeRepository: @unchecked Sendable {
     }
 
     func exchange(id: String) throws -> ExchangeRow? {
-        try with { statement in
-            let s = try statement("SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE id = ?")
-            s.bind(1, id)
-            defer { s.reset() }
-            return try s.step() ? ExchangeRepository.exchange(s) : nil
+        try with { db in
+            try db.row("SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE id = ?", [.text(id)]).map(ExchangeRepository.exchange)
         }
     }
 
     /// Permitted exchanges whose date to inform the subject has passed.
     func informOverdue(today: String, limit: Int) throws -> [ExchangeRow] {
-        try with { statement in
-            let s = try statement(
-                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE decision = 'permit' AND inform_subject_by IS NOT NULL AND inform_subject_by < ? AND informed_at IS NULL ORDER BY inform_subject_by LIMIT ?")
-            s.bind(1, today)
-            s.bind(2, Int64(limit))
-            var rows: [ExchangeRow] = []
-            while try s.step() { rows.append(ExchangeRepository.exchange(s)) }
-            s.reset()
-            return rows
+        try with { db in
+            try db.rows(
+                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE decision = 'permit' AND inform_subject_by IS NOT NULL AND inform_subject_by < ? AND informed_at IS NULL ORDER BY inform_subject_by LIMIT ?",
+                [.text(today), .integer(Int64(limit))]
+            ).map(ExchangeRepository.exchange)
         }
     }
 
     func pendingReviews(limit: Int) throws -> [ExchangeRow] {
-        try with { statement in
-            let s = try statement("SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE review_state = 'pending' ORDER BY log_sequence LIMIT ?")
-            s.bind(1, Int64(limit))
-            var rows: [ExchangeRow] = []
-            while try s.step() { rows.append(ExchangeRepository.exchange(s)) }
-            s.reset()
-            return rows
+        try with { db in
+            try db.rows(
+                "SELECT \(ExchangeRepository.exchangeColumns) FROM exchanges WHERE review_state = 'pending' ORDER BY log_sequence LIMIT ?", [.integer(Int64(limit))]
+            ).map(ExchangeRepository.exchange)
         }
     }
+
+    // MARK: inbox and push delivery
 
     struct InboxRow {
         let id: Int64
@@ -292,19 +316,14 @@ final class ExchangeRepository: @unchecked Sendable {
         var pushAttempts = 0
     }
 
+    /// Inbox ids grow in commit order on both backends (the items are inserted inside the log's
+    /// serialised group commit), so a cursor never skips an item committed later.
     func inbox(recipient: String, after: Int64, limit: Int) throws -> [InboxRow] {
-        try with { statement in
-            let s = try statement(
-                "SELECT id, exchange_id, sealed_payload, delivered_at, acknowledged_at FROM inbox WHERE recipient = ? AND id > ? AND acknowledged_at IS NULL ORDER BY id LIMIT ?")
-            s.bind(1, recipient)
-            s.bind(2, after)
-            s.bind(3, Int64(limit))
-            var rows: [InboxRow] = []
-            while try s.step() {
-                rows.append(InboxRow(id: s.int64(0), exchangeID: s.string(1) ?? "", sealed: s.blob(2), deliveredAt: s.string(3) ?? "", acknowledgedAt: s.string(4)))
-            }
-            s.reset()
-            return rows
+        try with { db in
+            try db.rows(
+                "SELECT id, exchange_id, sealed_payload, delivered_at, acknowledged_at FROM inbox WHERE recipient = ? AND id > ? AND acknowledged_at IS NULL ORDER BY id LIMIT ?",
+                [.text(recipient), .integer(after), .integer(Int64(limit))]
+            ).map { r in InboxRow(id: r.int64(0), exchangeID: r.string(1) ?? "", sealed: r.blob(2), deliveredAt: r.string(3) ?? "", acknowledgedAt: r.string(4)) }
         }
     }
 
@@ -317,79 +336,75 @@ final class ExchangeRepository: @unchecked Sendable {
         let attempts: Int
     }
 
-    /// Items for recipients with an endpoint that are due for a push (not acknowledged, not pushed).
-    func duePushes(recipients: [String], now: String, limit: Int) throws -> [PushRow] {
+    /// Claims items due for a push (not acknowledged, for recipients with an endpoint) by moving
+    /// their next attempt `lease` ahead: another instance skips them while this one pushes. On
+    /// PostgreSQL rows another instance is claiming are skipped, not waited for.
+    func claimDuePushes(recipients: [String], now: String, leaseUntil: String, limit: Int) throws -> [PushRow] {
         guard !recipients.isEmpty else { return [] }
-        return try with { statement in
+        return try with { db in
             let marks = Array(repeating: "?", count: recipients.count).joined(separator: ", ")
-            let s = try statement(
-                "SELECT id, exchange_id, recipient, sealed_payload, delivered_at, push_attempts FROM inbox WHERE acknowledged_at IS NULL AND sealed_payload IS NOT NULL AND recipient IN (\(marks)) AND (next_push_at IS NULL OR next_push_at <= ?) ORDER BY id LIMIT ?")
-            for (i, r) in recipients.enumerated() { s.bind(Int32(i + 1), r) }
-            s.bind(Int32(recipients.count + 1), now)
-            s.bind(Int32(recipients.count + 2), Int64(limit))
-            var rows: [PushRow] = []
-            while try s.step() {
-                guard let sealed = s.blob(3) else { continue }
-                rows.append(PushRow(id: s.int64(0), exchangeID: s.string(1) ?? "", recipient: s.string(2) ?? "", sealed: sealed, deliveredAt: s.string(4) ?? "", attempts: Int(s.int64(5))))
-            }
-            s.reset()
-            return rows
+            let skipLocked = db.backend == .postgresql ? " FOR UPDATE SKIP LOCKED" : ""
+            let rows = try db.rows(
+                """
+                UPDATE inbox SET next_push_at = ? WHERE id IN (
+                    SELECT id FROM inbox WHERE acknowledged_at IS NULL AND sealed_payload IS NOT NULL AND recipient IN (\(marks))
+                    AND (next_push_at IS NULL OR next_push_at <= ?) ORDER BY id LIMIT ?\(skipLocked))
+                RETURNING id, exchange_id, recipient, sealed_payload, delivered_at, push_attempts
+                """,
+                [.text(leaseUntil)] + recipients.map { .text($0) } + [.text(now), .integer(Int64(limit))])
+            return rows.compactMap { r in
+                guard let sealed = r.blob(3) else { return nil }
+                return PushRow(id: r.int64(0), exchangeID: r.string(1) ?? "", recipient: r.string(2) ?? "", sealed: sealed, deliveredAt: r.string(4) ?? "", attempts: Int(r.int64(5)))
+            }.sorted { $0.id < $1.id }
         }
     }
 
     /// The partner's endpoint answered 2xx: that is its acknowledgement; the payload is erased.
     func markPushed(id: Int64, at time: String) throws {
-        try with { statement in
-            let s = try statement("UPDATE inbox SET pushed_at = ?, acknowledged_at = coalesce(acknowledged_at, ?), sealed_payload = NULL, push_error = NULL WHERE id = ?")
-            s.bind(1, time)
-            s.bind(2, time)
-            s.bind(3, id)
-            try s.step()
-            s.reset()
+        try with { db in
+            _ = try db.rows(
+                "UPDATE inbox SET pushed_at = ?, acknowledged_at = coalesce(acknowledged_at, ?), sealed_payload = NULL, push_error = NULL WHERE id = ?",
+                [.text(time), .text(time), .integer(id)])
         }
     }
 
     /// A failed push: the next attempt after the backoff; the reason names no data.
     func markPushFailed(id: Int64, attempts: Int, next: String, reason: String) throws {
-        try with { statement in
-            let s = try statement("UPDATE inbox SET push_attempts = ?, next_push_at = ?, push_error = ? WHERE id = ?")
-            s.bind(1, Int64(attempts))
-            s.bind(2, next)
-            s.bind(3, reason)
-            s.bind(4, id)
-            try s.step()
-            s.reset()
+        try with { db in
+            _ = try db.rows(
+                "UPDATE inbox SET push_attempts = ?, next_push_at = ?, push_error = ? WHERE id = ?", [.integer(Int64(attempts)), .text(next), .text(reason), .integer(id)])
         }
     }
 
     func delivery(exchangeID: String) throws -> InboxRow? {
-        try with { statement in
-            let s = try statement("SELECT id, exchange_id, NULL, delivered_at, acknowledged_at, pushed_at, push_attempts FROM inbox WHERE exchange_id = ?")
-            s.bind(1, exchangeID)
-            defer { s.reset() }
-            guard try s.step() else { return nil }
+        try with { db in
+            guard let r = try db.row("SELECT id, exchange_id, delivered_at, acknowledged_at, pushed_at, push_attempts FROM inbox WHERE exchange_id = ?", [.text(exchangeID)])
+            else { return nil }
             return InboxRow(
-                id: s.int64(0), exchangeID: s.string(1) ?? "", sealed: nil, deliveredAt: s.string(3) ?? "", acknowledgedAt: s.string(4), pushedAt: s.string(5),
-                pushAttempts: Int(s.int64(6)))
+                id: r.int64(0), exchangeID: r.string(1) ?? "", sealed: nil, deliveredAt: r.string(2) ?? "", acknowledgedAt: r.string(3), pushedAt: r.string(4),
+                pushAttempts: Int(r.int64(5)))
         }
     }
 
-    /// Marks an item acknowledged and erases its payload; `false` when it is not the caller's.
-    func acknowledge(id: Int64, recipient: String, at time: String) throws -> Bool {
-        try with { statement in
-            let s = try statement(
-                "UPDATE inbox SET acknowledged_at = coalesce(acknowledged_at, ?), sealed_payload = NULL WHERE id = ? AND recipient = ?")
-            s.bind(1, time)
-            s.bind(2, id)
-            s.bind(3, recipient)
-            try s.step()
-            s.reset()
-            let check = try statement("SELECT count(*) FROM inbox WHERE id = ? AND recipient = ?")
-            check.bind(1, id)
-            check.bind(2, recipient)
-            defer { check.reset() }
-            _ = try check.step()
-            return check.int64(0) == 1
+    enum Acknowledgement: Equatable {
+        /// This call acknowledged the item (its payload is erased).
+        case acknowledged
+        /// It was acknowledged before (by this or another instance): nothing changed.
+        case alreadyAcknowledged
+        /// No such item for this recipient.
+        case notFound
+    }
+
+    /// Marks an item acknowledged and erases its payload, once: the guarded update succeeds for
+    /// exactly one caller, whichever instance it reached.
+    func acknowledge(id: Int64, recipient: String, at time: String) throws -> Acknowledgement {
+        try with { db in
+            let changed = try db.rows(
+                "UPDATE inbox SET acknowledged_at = ?, sealed_payload = NULL WHERE id = ? AND recipient = ? AND acknowledged_at IS NULL RETURNING id",
+                [.text(time), .integer(id), .text(recipient)])
+            if !changed.isEmpty { return .acknowledged }
+            let exists = try db.row("SELECT count(*) FROM inbox WHERE id = ? AND recipient = ?", [.integer(id), .text(recipient)])?.int64(0) ?? 0
+            return exists == 1 ? .alreadyAcknowledged : .notFound
         }
     }
 }

@@ -15,7 +15,6 @@ final class ExchangeService: Sendable {
     let audit: GatewayAudit
     let repository: ExchangeRepository
     let applier: ObligationApplier
-    private let inFlight = Mutex<Set<String>>([])
 
     init(state: GatewayState, audit: GatewayAudit, repository: ExchangeRepository) {
         self.state = state
@@ -162,33 +161,48 @@ final class ExchangeService: Sendable {
         if let key = idempotencyKey {
             guard !key.isEmpty, key.utf8.count <= 200 else { throw KetenpoortError(.invalidRequest, "`Idempotency-Key` must be 1 to 200 characters") }
             canonicalHash = Crypto.sha256(Array(json.serialized(sortedKeys: true).utf8))
-            if let stored = try repository.idempotentAnswer(sender: caller.id, key: key) {
+            // The key is claimed in the database before the request is decided, so two requests
+            // with one key (also through two gateway instances) are never both carried out.
+            let now = AuditClock.timestamp()
+            let staleBefore = AuditClock.timestamp(Date().addingTimeInterval(-ExchangeService.idempotencyClaimTimeout))
+            for _ in 0..<2 {
+                if try repository.claimIdempotencyKey(sender: caller.id, key: key, bodyHash: canonicalHash, now: now, staleBefore: staleBefore) {
+                    do {
+                        return try await decide(json, caller: caller, idempotency: (key, canonicalHash))
+                    } catch {
+                        // Nothing was decided or logged: a retry may try again.
+                        try? repository.releaseIdempotencyKey(sender: caller.id, key: key)
+                        throw error
+                    }
+                }
+                guard let stored = try repository.idempotentAnswer(sender: caller.id, key: key) else { continue }  // released meanwhile
                 guard stored.bodyHash == canonicalHash else {
                     throw KetenpoortError(.idempotencyConflict, "this Idempotency-Key was used with another request body")
                 }
-                return replay(stored)
-            }
-            let flightKey = caller.id + "\u{0}" + key
-            let claimed = inFlight.withLock { $0.insert(flightKey).inserted }
-            guard claimed else { throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it") }
-            defer { _ = inFlight.withLock { $0.remove(flightKey) } }
-            // The first may have finished between the lookup and the claim.
-            if let stored = try repository.idempotentAnswer(sender: caller.id, key: key) {
-                guard stored.bodyHash == canonicalHash else {
-                    throw KetenpoortError(.idempotencyConflict, "this Idempotency-Key was used with another request body")
+                guard !stored.inProgress else {
+                    throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it")
                 }
                 return replay(stored)
             }
-            return try await decide(json, caller: caller, idempotency: (key, canonicalHash))
+            throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it")
         }
         return try await decide(json, caller: caller, idempotency: nil)
     }
 
+    /// A claim older than this is an instance that died mid-request: another may take it over.
+    static let idempotencyClaimTimeout: TimeInterval = 60
+
     func replay(_ stored: ExchangeRepository.StoredAnswer) -> GatewayResponse {
+        // The answer as first sent: its log position was its last member.
+        var answer = stored.answer
+        if let sequence = stored.logSequence, answer.hasSuffix("}") {
+            answer.removeLast()
+            answer += (answer.hasSuffix("{") ? "" : ",") + "\"logSequence\":\(sequence)}"
+        }
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: stored.status == 201 ? "application/json" : "application/problem+json")
         headers.add(name: "idempotent-replayed", value: "true")
-        return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: Array(stored.answer.utf8), route: "/v1/exchanges")
+        return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: Array(answer.utf8), route: "/v1/exchanges")
     }
 
     func decide(_ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8])?) async throws -> GatewayResponse {
@@ -321,13 +335,11 @@ final class ExchangeService: Sendable {
                 id: exchangeID, sender: caller.id, recipient: recipient, caseTable: caseTable, purpose: purpose, decision: decision.effect.rawValue,
                 answer: answerWithoutSequence, review: decision.isPermit && obligations.review ? "pending" : "none", ground: decisionRequest.basis.ground,
                 informSubjectBy: obligations.informSubjectBy, createdAt: now))
-        // The sequence is known only once the entry is numbered; the stored idempotent answer
-        // carries `logSequence` through SQL (`json_set`).
+        // The claimed key gets the answer; the log position, known only once the entry is
+        // numbered, is bound as the entry's sequence.
         if let idempotency {
             record.sideWrites.append(
-                SideWrite(
-                    "INSERT OR IGNORE INTO idempotency (sender, key, body_hash, status, answer) VALUES (?, ?, ?, ?, json_set(?, '$.logSequence', ?))",
-                    [.text(caller.id), .text(idempotency.key), .blob(idempotency.hash), .integer(Int64(status)), .text(answerWithoutSequence), .sequence]))
+                ExchangeRepository.idempotentAnswerRow(sender: caller.id, key: idempotency.key, status: status, answer: answerWithoutSequence))
         }
         let sequence = try await audit.record(record)
         answerMembers.append(("logSequence", .number(Double(sequence))))
@@ -526,7 +538,7 @@ final class ExchangeService: Sendable {
             members: [("caseTable", .string(caseTable)), ("sender", .string(caller.id)), ("fact", .string(type)), ("value", factValue)], subjects: [subject])
         record.sideWrites.append(
             SideWrite(
-                "INSERT OR REPLACE INTO case_facts (case_table, subject, type, value, registered_by, log_sequence) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO case_facts (case_table, subject, type, value, registered_by, log_sequence) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (case_table, subject, type) DO UPDATE SET value = excluded.value, registered_by = excluded.registered_by, log_sequence = excluded.log_sequence",
                 [.text(caseTable), .text(subject), .text(type), .text(factValue.serialized()), .text(caller.id), .sequence]))
         let sequence = try await audit.record(record)
         return .json(["type": .string(type), "logSequence": .number(Double(sequence))], status: .created, route: "/v1/facts")
@@ -560,10 +572,13 @@ final class ExchangeService: Sendable {
     }
 
     func acknowledge(_ id: String, caller: Partner) throws -> GatewayResponse {
-        guard let n = Int64(id), n > 0, try repository.acknowledge(id: n, recipient: caller.id, at: AuditClock.timestamp()) else {
+        let outcome = try Int64(id).flatMap { $0 > 0 ? $0 : nil }.map { try repository.acknowledge(id: $0, recipient: caller.id, at: AuditClock.timestamp()) }
+        guard let outcome, outcome != .notFound else {
             throw KetenpoortError(.notFound, "no inbox item `\(id.prefix(32))` of yours")
         }
-        return .json(["id": .string(id), "state": "acknowledged"], route: "/v1/inbox/{id}/ack")
+        // A repeated acknowledgement (a retry, or one through another instance) changes nothing.
+        return .json(
+            ["id": .string(id), "state": "acknowledged", "acknowledgedBefore": .bool(outcome == .alreadyAcknowledged)], route: "/v1/inbox/{id}/ack")
     }
 
     // MARK: reviews

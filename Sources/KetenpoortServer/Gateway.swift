@@ -1,6 +1,7 @@
 import Foundation
 import KetenpoortCore
 import KetenpoortPolicy
+import KetenpoortStore
 import KetenpoortTLS
 import Logging
 import ServiceLifecycle
@@ -29,6 +30,13 @@ public enum Gateway {
         let state = GatewayState(try loadSnapshot(policyDirectory: configuration.policyDirectory))
         let health = HealthRegistry()
         health.setInfo("policy_version", state.snapshot.policyVersion)
+        let database = configuration.databaseLocation
+        do {
+            try GatewaySchema.prepareForServing(database)
+        } catch let error as KetenpoortError where error.code != .configuration {
+            throw KetenpoortError(
+                .configuration, "the database \(database.description) (audit log and exchanges) cannot be prepared (read-only file, full disk, database down?): \(error.message)")
+        }
         // The log is written before anything is answered: a log that cannot be opened or written
         // stops the start (fail closed).
         let audit = try GatewayAudit(configuration: configuration, health: health, metrics: metrics, logger: logger)
@@ -36,14 +44,14 @@ public enum Gateway {
             try await audit.recordStartup(policyVersion: state.snapshot.policyVersion)
         } catch {
             audit.close()
-            throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be written (read-only file, full disk?); not starting")
+            throw KetenpoortError(.configuration, "the audit log in `\(database.description)` cannot be written (read-only file, full disk, database down?); not starting")
         }
         let repository: ExchangeRepository
         do {
-            repository = try ExchangeRepository(path: configuration.databasePath)
+            repository = try ExchangeRepository(location: database)
         } catch let error as KetenpoortError {
             audit.close()
-            throw KetenpoortError(.configuration, "the exchange tables in `\(configuration.databasePath)` cannot be opened: \(error.message)")
+            throw KetenpoortError(.configuration, "the exchange tables in `\(database.description)` cannot be opened: \(error.message)")
         }
         let split = configuration.officerListen != nil
         let application = GatewayApplication(state: state, audit: audit, repository: repository, listener: split ? .partners : .all)

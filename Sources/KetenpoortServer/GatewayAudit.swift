@@ -2,6 +2,7 @@ import Foundation
 import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortCrypto
+import KetenpoortStore
 import Logging
 
 /// The gateway's side of the audit log: writes records before answers are sent, fails closed,
@@ -10,12 +11,12 @@ public final class GatewayAudit: Sendable {
     public let log: AuditLog
     public let recorder: AuditRecorder
     public let keys: LogKeys
-    public let databasePath: String
+    public let database: DatabaseLocation
     let health: HealthRegistry
     let logger: Logger
     let metrics: GatewayMetrics
     private let reader = NSLock()
-    nonisolated(unsafe) private var readStore: SQLiteAuditStore?
+    nonisolated(unsafe) private var readStore: AuditStore?
 
     public static let healthCheck = "audit_log"
 
@@ -28,7 +29,8 @@ public final class GatewayAudit: Sendable {
         let ring = try KeyRing.load(path: try MasterKeySource.resolve(path: keyPath))
         // A log file its owner may not write is a deliberate read-only log: refuse it, also when
         // running as root (which would bypass the mode).
-        if let attributes = try? FileManager.default.attributesOfItem(atPath: configuration.databasePath),
+        database = configuration.databaseLocation
+        if let path = database.sqlitePath, let attributes = try? FileManager.default.attributesOfItem(atPath: path),
             let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue, mode & 0o200 == 0
         {
             throw KetenpoortError(
@@ -36,13 +38,12 @@ public final class GatewayAudit: Sendable {
         }
         keys = try LogKeys(keys: ring, origin: configuration.audit.origin)
         recorder = AuditRecorder(keys: keys)
-        databasePath = configuration.databasePath
         do {
             log = try AuditLog(
-                path: configuration.databasePath, signer: try keys.signer,
+                store: try AuditStores.writable(database), signer: try keys.signer,
                 schedule: CheckpointSchedule(entries: configuration.audit.checkpointEntries, seconds: configuration.audit.checkpointSeconds))
         } catch let error as KetenpoortError {
-            throw KetenpoortError(.configuration, "the audit log in `\(configuration.databasePath)` cannot be opened for writing: \(error.message)")
+            throw KetenpoortError(.configuration, "the audit log in `\(database.description)` cannot be opened for writing: \(error.message)")
         }
         self.health = health
         self.metrics = metrics
@@ -71,11 +72,16 @@ public final class GatewayAudit: Sendable {
     }
 
     /// Runs `body` with a read-only view of the log (one at a time).
-    public func read<T>(_ body: (SQLiteAuditStore) throws -> T) throws -> T {
+    public func read<T>(_ body: (AuditStore) throws -> T) throws -> T {
         reader.lock()
         defer { reader.unlock() }
-        if readStore == nil { readStore = try SQLiteAuditStore(readingFrom: databasePath) }
-        return try body(readStore!)
+        if readStore == nil { readStore = try AuditStores.reading(database) }
+        do {
+            return try body(readStore!)
+        } catch let error as KetenpoortError where error.code == .storageUnavailable {
+            readStore = nil  // reconnect next time
+            throw error
+        }
     }
 
     /// The entries written when the gateway starts: the policy set in force, and a key rotation

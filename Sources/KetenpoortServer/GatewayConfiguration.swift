@@ -1,5 +1,6 @@
 import Foundation
 import KetenpoortCore
+import KetenpoortStore
 import KetenpoortTLS
 import Yams
 
@@ -76,7 +77,10 @@ public struct GatewayConfiguration: Sendable {
     public var clientCertificatePath: String?
     public var clientPrivateKeyPath: String?
     public var policyDirectory = "Policies"
+    /// A SQLite file (the embedded default) or a `postgresql://` URL (several instances).
     public var databasePath = "ketenpoort.db"
+    /// The PostgreSQL password, in a file of its own (never in the URL).
+    public var databasePasswordFile: String?
     public var masterKeyPath: String?
     public var limits = GatewayLimits()
     public var eventLoopThreads = 0
@@ -88,7 +92,7 @@ public struct GatewayConfiguration: Sendable {
     /// The keys a configuration file may contain (anything else is an error: a typo must not be
     /// silently ignored in a security product).
     static let knownKeys: [String: Set<String>] = [
-        "": ["listen", "ops_listen", "officer_listen", "tls", "client_tls", "policies", "database", "keys", "limits", "event_loop_threads", "log_level", "audit"],
+        "": ["listen", "ops_listen", "officer_listen", "tls", "client_tls", "policies", "database", "database_password_file", "keys", "limits", "event_loop_threads", "log_level", "audit"],
         "audit": ["origin", "checkpoint_entries", "checkpoint_seconds"],
         "tls": ["certificate", "key", "client_ca", "crl", "min_version", "session_resumption"],
         "client_tls": ["certificate", "key"],
@@ -134,7 +138,11 @@ public struct GatewayConfiguration: Sendable {
             configuration.operationsListen = try ListenAddress(parsing: try reader.string(v, "ops_listen"), what: "\(reader.at(v))ops_listen")
         }
         if let v = root["policies"] { configuration.policyDirectory = reader.path(try reader.string(v, "policies")) }
-        if let v = root["database"] { configuration.databasePath = reader.path(try reader.string(v, "database")) }
+        if let v = root["database"] {
+            let text = try reader.string(v, "database")
+            configuration.databasePath = PostgresSettings.isPostgresURL(text) ? text : reader.path(text)
+        }
+        if let v = root["database_password_file"] { configuration.databasePasswordFile = reader.path(try reader.string(v, "database_password_file")) }
         if let v = root["keys"] { configuration.masterKeyPath = reader.path(try reader.string(v, "keys")) }
         if let v = root["event_loop_threads"] { configuration.eventLoopThreads = try reader.int(v, "event_loop_threads", range: 0...256) }
         if let v = root["log_level"] {
@@ -230,6 +238,7 @@ public struct GatewayConfiguration: Sendable {
         }
         if let v = environment["KETENPOORT_POLICIES"] { policyDirectory = v }
         if let v = environment["KETENPOORT_DATABASE"] { databasePath = v }
+        if let v = environment["KETENPOORT_DATABASE_PASSWORD_FILE"] { databasePasswordFile = v }
         if let v = environment["KETENPOORT_KEYS"] { masterKeyPath = v }
         if let v = environment["KETENPOORT_LOG_LEVEL"] { logLevel = v }
         if let v = environment["KETENPOORT_MAX_CONNECTIONS"] {
@@ -250,8 +259,12 @@ public struct GatewayConfiguration: Sendable {
             requireClientCertificate: true, sessionResumption: sessionResumption)
     }
 
+    /// Where the database is: the SQLite file or the PostgreSQL database of `database:`.
+    public var databaseLocation: DatabaseLocation { DatabaseLocation(databasePath, passwordFile: databasePasswordFile) }
+
     /// Checks the files the gateway needs before anything is started.
     public func validate() throws {
+        if case .postgresql(let settings) = databaseLocation { try settings.validate() }
         guard FileManager.default.fileExists(atPath: policyDirectory) else {
             throw KetenpoortError(.configuration, "policy directory `\(policyDirectory)` does not exist (set `policies:`)")
         }

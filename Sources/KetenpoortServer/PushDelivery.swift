@@ -47,7 +47,12 @@ final class PushDelivery: Sendable {
         guard !endpoints.isEmpty else { return }
         let due: [ExchangeRepository.PushRow]
         do {
-            due = try repository.duePushes(recipients: Array(endpoints.keys), now: AuditClock.timestamp(), limit: 64)
+            // Claimed for long enough to push them all (10 s timeout each): another instance
+            // leaves them alone meanwhile and takes them over if this one dies.
+            let batch = 16
+            due = try repository.claimDuePushes(
+                recipients: Array(endpoints.keys), now: AuditClock.timestamp(),
+                leaseUntil: AuditClock.timestamp(Date().addingTimeInterval(Double(batch) * 10 + 30)), limit: batch)
         } catch {
             logger.error("push delivery: the inbox cannot be read", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
             return

@@ -1,3 +1,4 @@
+import Foundation
 import CSQLite
 import KetenpoortCore
 
@@ -11,6 +12,15 @@ public final class SQLiteDatabase {
 
     let handle: OpaquePointer
     public let path: String
+    /// Statements prepared through ``rows(_:_:)``, kept for reuse.
+    private var statementCache: [String: SQLiteStatement] = [:]
+
+    func cachedStatement(_ sql: String) throws -> SQLiteStatement {
+        if let cached = statementCache[sql] { return cached }
+        let statement = try prepare(sql)
+        statementCache[sql] = statement
+        return statement
+    }
 
     /// Opens (or creates) the database, in WAL mode with the given durability.
     public init(path: String, synchronous: Synchronous = .full, readOnly: Bool = false) throws {
@@ -34,6 +44,7 @@ public final class SQLiteDatabase {
     }
 
     deinit {
+        statementCache.removeAll()
         sqlite3_close_v2(handle)
     }
 
@@ -73,6 +84,30 @@ public final class SQLiteDatabase {
     }
 
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    /// Writes a consistent copy of the database at `source` to `destination` while writers go on
+    /// (`VACUUM INTO` reads one snapshot). The copy is created with mode 0600; an existing file is
+    /// refused. Returns its size.
+    public static func backup(from source: String, to destination: String) throws -> Int {
+        guard !FileManager.default.fileExists(atPath: destination) else {
+            throw KetenpoortError(.invalidInput, "`\(destination)` exists; choose a new file for the backup")
+        }
+        // Created with mode 0600 from the start (the command's own umask), never readable by others.
+        let previous = umask(0o077)
+        defer { umask(previous) }
+        do {
+            let database = try SQLiteDatabase(path: source, readOnly: true)
+            let statement = try database.prepare("VACUUM INTO ?")
+            statement.bind(1, destination)
+            try statement.step()
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: destination)
+        } catch {
+            try? FileManager.default.removeItem(atPath: destination)
+            throw error
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: destination)[.size] as? NSNumber)?.intValue ?? 0
+        return size
+    }
 
     static func error(_ rc: Int32, _ message: String) -> KetenpoortError {
         let primary = rc & 0xff
@@ -142,6 +177,22 @@ public final class SQLiteStatement {
         let count = Int(sqlite3_column_bytes(statement, column))
         guard let pointer = sqlite3_column_blob(statement, column) else { return isNull(column) ? nil : [] }
         return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    /// The current row, every column by its stored type.
+    public func row() -> SQLRow {
+        let count = sqlite3_column_count(statement)
+        var fields: [SQLField] = []
+        fields.reserveCapacity(Int(count))
+        for i in 0..<count {
+            switch sqlite3_column_type(statement, i) {
+            case SQLITE_NULL: fields.append(.null)
+            case SQLITE_INTEGER: fields.append(.integer(int64(i)))
+            case SQLITE_BLOB: fields.append(.blob(blob(i) ?? []))
+            default: fields.append(.text(string(i) ?? ""))
+            }
+        }
+        return SQLRow(fields: fields)
     }
 }
 

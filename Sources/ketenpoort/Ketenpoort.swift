@@ -41,7 +41,7 @@ struct Ketenpoort: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ketenpoort",
         abstract: "A privacy-aware data-exchange gateway for child and family protection.",
-        subcommands: [Serve.self, Demo.self, PKI.self, Keys.self, PseudonymCLI.self, PolicyCommand.self, LogCommand.self, RouteMapCommand.self, Bench.self])
+        subcommands: [Serve.self, Demo.self, PKI.self, Keys.self, PseudonymCLI.self, PolicyCommand.self, LogCommand.self, RouteMapCommand.self, Migrate.self, Backup.self, Bench.self])
 }
 
 /// A failure with a one-line message and an exit code.

@@ -3,6 +3,7 @@ import Foundation
 import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortCrypto
+import KetenpoortStore
 
 struct LogCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,8 +23,8 @@ struct LogKeyOptions: ParsableArguments {
     /// The keys; the log's name from `--origin`, else from the newest checkpoint in `db`.
     func load(db: String? = nil) throws -> LogKeys {
         var name = origin
-        if name == nil, let db, FileManager.default.fileExists(atPath: db),
-            let note = try? SQLiteAuditStore(readingFrom: db).checkpoints().last?.note
+        if name == nil, let db, PostgresSettings.isPostgresURL(db) || FileManager.default.fileExists(atPath: db),
+            let note = try? AuditStores.reading(databaseLocation(db)).checkpoints().last?.note
         {
             name = note.split(separator: "\n").first.map(String.init)
         }
@@ -39,7 +40,17 @@ struct LogKeyOptions: ParsableArguments {
 
 /// Commands that write to a log refuse to create one where none was.
 func requireDatabase(_ path: String) throws {
+    if PostgresSettings.isPostgresURL(path) {
+        _ = try AuditStores.reading(databaseLocation(path))
+        return
+    }
     guard FileManager.default.fileExists(atPath: path) else { throw KetenpoortError(.fileUnreadable, "database `\(path)` does not exist") }
+}
+
+/// `--db`: a SQLite file or a `postgresql://` URL; a PostgreSQL password comes from the file
+/// named by KETENPOORT_DATABASE_PASSWORD_FILE (never from the command line).
+func databaseLocation(_ db: String) -> DatabaseLocation {
+    DatabaseLocation(db, passwordFile: ProcessInfo.processInfo.environment["KETENPOORT_DATABASE_PASSWORD_FILE"])
 }
 
 /// Reads one BSN from standard input; never echoes it.
@@ -58,7 +69,7 @@ struct LogVerify: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Check the hash chain, the signed checkpoints, and consistency with a checkpoint kept elsewhere; name the first bad entry (exit 1).")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @Option(help: "A checkpoint note kept elsewhere (for example by a partner): the log must still extend it.") var checkpoint: String?
     @Option(name: .customLong("public-key"), help: "The log's verifier key file (`log public-key`); or give --keys.") var publicKey: String?
     @OptionGroup var keyOptions: LogKeyOptions
@@ -77,7 +88,7 @@ struct LogVerify: ParsableCommand {
             }
             note = text
         }
-        let report = try AuditVerifier.verify(path: db, keys: verifiers, external: note)
+        let report = try AuditVerifier.verify(location: databaseLocation(db), keys: verifiers, external: note)
         let head = Hex.encode(report.treeHead)
         if report.isValid {
             var line = "\(report.entries) entries verified; tree head \(head); \(report.checkpointsVerified) checkpoint(s) matched"
@@ -144,14 +155,14 @@ struct LogFilterOptions: ParsableArguments {
 struct LogQuery: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "query", abstract: "Entries matching the filters, as a table or JSON lines.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @OptionGroup var filters: LogFilterOptions
     @OptionGroup var keyOptions: LogKeyOptions
     @Flag(help: "JSON lines instead of a table.") var json = false
 
     func run() throws {
         let query = try filters.query(keys: keyOptions)
-        let store = try SQLiteAuditStore(readingFrom: db)
+        let store = try AuditStores.reading(databaseLocation(db))
         var count = 0
         if !json { print("SEQ\tTIME\tKIND\tCASE TABLE\tSENDER\tRECIPIENT\tPURPOSE\tDECISION\tBASIS") }
         try store.entries(matching: query) { entry in
@@ -174,13 +185,13 @@ struct LogQuery: ParsableCommand {
 struct LogExport: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export", abstract: "Every entry (or those matching the filters) as JSON lines, in sequence order.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @OptionGroup var filters: LogFilterOptions
     @OptionGroup var keyOptions: LogKeyOptions
 
     func run() throws {
         let query = try filters.query(keys: keyOptions)
-        let store = try SQLiteAuditStore(readingFrom: db)
+        let store = try AuditStores.reading(databaseLocation(db))
         var out = ""
         try store.entries(matching: query) { entry in
             out += AuditExport.line(entry)
@@ -199,7 +210,7 @@ struct LogSubjectReport: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "subject-report",
         abstract: "GDPR art. 15 for the BSN read from standard input: every recipient, date, purpose and basis, with inclusion proofs.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @OptionGroup var keyOptions: LogKeyOptions
     @Flag(help: "JSON instead of text.") var json = false
 
@@ -208,10 +219,10 @@ struct LogSubjectReport: AsyncParsableCommand {
         let keys = try keyOptions.load(db: db)
         try requireDatabase(db)
         // Sign a tree head over everything so far, so that every entry gets a proof.
-        let log = try AuditLog(path: db, signer: try keys.signer)
+        let log = try AuditLog(store: try AuditStores.writable(databaseLocation(db)), signer: try keys.signer)
         _ = try await log.checkpoint()
         log.close()
-        let store = try SQLiteAuditStore(readingFrom: db)
+        let store = try AuditStores.reading(databaseLocation(db))
         let report = try SubjectReport.build(store: store, pseudonyms: try keys.subjectPseudonyms(bsn))
         // Every proof is checked before the report is printed: the signature once, each path.
         if let note = report.checkpoint {
@@ -225,14 +236,14 @@ struct LogSubjectReport: AsyncParsableCommand {
 struct LogCheckpoint: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint", abstract: "Sign a tree head now (if anything was appended since the last) and print the newest checkpoint note.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @OptionGroup var keyOptions: LogKeyOptions
     @Option(help: "Also write the note to this file (for a partner to keep).") var out: String?
 
     func run() async throws {
         let keys = try keyOptions.load(db: db)
         try requireDatabase(db)
-        let log = try AuditLog(path: db, signer: try keys.signer)
+        let log = try AuditLog(store: try AuditStores.writable(databaseLocation(db)), signer: try keys.signer)
         let checkpoint = try await log.checkpoint()
         log.close()
         guard let checkpoint else { throw KetenpoortError(.invalidInput, "the log is empty: there is no tree head to sign") }
@@ -244,11 +255,11 @@ struct LogCheckpoint: AsyncParsableCommand {
 struct LogProve: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prove", abstract: "The inclusion proof of one entry against the newest signed checkpoint, as JSON.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @Option(help: "The entry's sequence number.") var entry: Int64
 
     func run() throws {
-        let store = try SQLiteAuditStore(readingFrom: db)
+        let store = try AuditStores.reading(databaseLocation(db))
         print(try AuditProver.prove(sequence: entry, store: store).json.serialized(sortedKeys: true))
     }
 }
@@ -289,7 +300,7 @@ struct LogRetention: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "retention",
         abstract: "Erase the details of entries whose retention ended; their hashes stay, so the chain and proofs still verify.")
-    @Option(help: "The gateway's database.") var db: String
+    @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
     @Option(help: "Erase what expired before this day (YYYY-MM-DD; default today, UTC).") var today: String?
     @Flag(name: .customLong("dry-run"), help: "Only say how many entries would be erased.") var dryRun = false
     @OptionGroup var keyOptions: LogKeyOptions
@@ -301,9 +312,9 @@ struct LogRetention: AsyncParsableCommand {
         }
         try requireDatabase(db)
         let keys = try keyOptions.loadIfGiven(db: db)
-        let log = try AuditLog(path: db, signer: try keys?.signer)
+        let log = try AuditLog(store: try AuditStores.writable(databaseLocation(db)), signer: try keys?.signer)
         defer { log.close() }
-        let store = try SQLiteAuditStore(readingFrom: db)
+        let store = try AuditStores.reading(databaseLocation(db))
         // A gateway database also holds payloads waiting for delivery: those past their retention go too.
         let inbox = store.hasTable("inbox") ? [SideWrite("UPDATE inbox SET sealed_payload = NULL WHERE retain_until IS NOT NULL AND retain_until < ? AND sealed_payload IS NOT NULL", [.text(day)])] : []
         let result = try await AuditRetention.run(log: log, store: store, today: day, dryRun: dryRun, alsoErase: inbox)

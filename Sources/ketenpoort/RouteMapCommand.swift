@@ -25,7 +25,7 @@ struct RouteMapCommand: ParsableCommand {
         guard let set = loaded.policySet else {
             throw KetenpoortError(.invalidInput, "the policies in `\(policies)` have \(loaded.errors.count) error(s); run `ketenpoort policy check \(policies)`")
         }
-        let flows = try db.map { try SQLiteAuditStore(readingFrom: $0).observedFlows(from: from, until: until) } ?? []
+        let flows = try db.map { try AuditStores.reading(databaseLocation($0)).observedFlows(from: from, until: until) } ?? []
         let period = db == nil ? "geen log" : "\(from ?? "begin van het log") tot \(until ?? "nu")"
         let map = RouteMap(policies: set, flows: flows, period: period)
         switch format {

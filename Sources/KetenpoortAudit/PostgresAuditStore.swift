@@ -1,0 +1,277 @@
+import Foundation
+import KetenpoortCore
+import KetenpoortStore
+
+/// The audit log in PostgreSQL, shared by several gateway instances.
+///
+/// Every group commit takes one transaction-scoped advisory lock before it reads the tail, so
+/// the commits of all instances are serialised: the chain and the tree stay one sequence, and an
+/// instance that finds entries another appended reloads the tail (its frontier) from the tree.
+/// Entries and tree nodes are inserted with plain `INSERT` (a duplicate sequence would be a bug:
+/// the transaction fails rather than forking the log).
+public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
+    private let database: PostgresDatabase
+    private var cachedTail: AuditTail?
+    private let readOnly: Bool
+
+    /// The advisory lock key every instance's group commit holds ("KPAUDIT" in ASCII).
+    public static let writerLock: Int64 = 0x4B50_4155_4449_54
+
+    public static let schema = """
+        CREATE TABLE IF NOT EXISTS audit_entries (
+            sequence BIGINT PRIMARY KEY,
+            time TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            retain_until TEXT,
+            body TEXT,
+            leaf_hash BYTEA NOT NULL,
+            chain_hash BYTEA NOT NULL,
+            erased_at TEXT
+        );
+        CREATE INDEX IF NOT EXISTS audit_entries_retain ON audit_entries (retain_until) WHERE body IS NOT NULL AND retain_until IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS audit_entries_time ON audit_entries (time);
+        CREATE TABLE IF NOT EXISTS audit_tree (
+            level INTEGER NOT NULL,
+            position BIGINT NOT NULL,
+            hash BYTEA NOT NULL,
+            PRIMARY KEY (level, position)
+        );
+        CREATE TABLE IF NOT EXISTS audit_subjects (
+            pseudonym TEXT NOT NULL,
+            sequence BIGINT NOT NULL,
+            PRIMARY KEY (pseudonym, sequence)
+        );
+        CREATE TABLE IF NOT EXISTS audit_texts (
+            sequence BIGINT NOT NULL,
+            hash BYTEA NOT NULL,
+            sealed BYTEA NOT NULL,
+            PRIMARY KEY (sequence, hash)
+        );
+        CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            tree_size BIGINT PRIMARY KEY,
+            time TEXT NOT NULL,
+            root_hash BYTEA NOT NULL,
+            note TEXT NOT NULL
+        );
+        """
+
+    public init(settings: PostgresSettings, readOnly: Bool = false) throws {
+        database = try PostgresDatabase(settings: settings, applicationName: readOnly ? "ketenpoort-reader" : "ketenpoort-audit")
+        self.readOnly = readOnly
+        if readOnly {
+            try database.execute("SET default_transaction_read_only = on")
+            guard hasTable("audit_entries") else {
+                throw KetenpoortError(.invalidInput, "the database at \(settings.redacted) holds no audit log")
+            }
+        } else {
+            try database.transaction {
+                try database.rows("SELECT pg_advisory_xact_lock(?)", [.integer(PostgresAuditStore.writerLock)])
+                try database.execute(PostgresAuditStore.schema)
+            }
+        }
+    }
+
+    public func hasTable(_ name: String) -> Bool {
+        ((try? database.row("SELECT to_regclass(?) IS NOT NULL", [.text(name)]))??.string(0)) == "t"
+    }
+
+    public func tail() throws -> AuditTail {
+        var size: Int64 = 0
+        var chain = [UInt8](repeating: 0, count: 32)
+        if let last = try database.row("SELECT sequence, chain_hash FROM audit_entries ORDER BY sequence DESC LIMIT 1", []) {
+            size = last.int64(0)
+            chain = last.blob(1) ?? []
+        }
+        if let cached = cachedTail, cached.size == size, cached.chain == chain { return cached }
+        var tail = try AuditTail.load(size: size, chain: chain) { try node(level: $0, position: $1) }
+        if let checkpoint = try database.row("SELECT tree_size, time FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1", []) {
+            tail.checkpointSize = checkpoint.int64(0)
+            tail.checkpointTime = AuditClock.parse(checkpoint.string(1) ?? "")
+        }
+        cachedTail = tail
+        return tail
+    }
+
+    public func node(level: Int, position: Int64) throws -> [UInt8] {
+        let row =
+            level == 0
+            ? try database.row("SELECT leaf_hash FROM audit_entries WHERE sequence = ?", [.integer(position + 1)])
+            : try database.row("SELECT hash FROM audit_tree WHERE level = ? AND position = ?", [.integer(Int64(level)), .integer(position)])
+        guard let hash = row?.blob(0), hash.count == 32 else {
+            throw KetenpoortError(.storageCorrupt, "the audit log's tree lacks node \(level)/\(position)")
+        }
+        return hash
+    }
+
+    public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+        guard !readOnly else { throw KetenpoortError(.storage, "this audit store was opened for reading") }
+        do {
+            let batch = try database.transaction { () throws -> AuditBatch in
+                // Serialises the group commits of every instance; released at COMMIT/ROLLBACK.
+                try database.rows("SELECT pg_advisory_xact_lock(?)", [.integer(PostgresAuditStore.writerLock)])
+                let batch = try build(try tail())
+                if !batch.erase.isEmpty {
+                    let now = AuditClock.timestamp()
+                    for sequence in batch.erase {
+                        try database.rows("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL", [.text(now), .integer(sequence)])
+                        try database.rows("DELETE FROM audit_subjects WHERE sequence = ?", [.integer(sequence)])
+                        try database.rows("DELETE FROM audit_texts WHERE sequence = ?", [.integer(sequence)])
+                    }
+                }
+                try insert(
+                    "audit_entries (sequence, time, kind, retain_until, body, leaf_hash, chain_hash)", width: 7,
+                    batch.entries.map { e in
+                        [.integer(e.sequence), .text(e.time), .text(e.kind), .optional(e.retainUntil), .text(e.body), .blob(e.leaf), .blob(e.chain)]
+                    })
+                try insert("audit_tree (level, position, hash)", width: 3, batch.nodes.map { [.integer(Int64($0.level)), .integer($0.position), .blob($0.hash)] })
+                try insert(
+                    "audit_subjects (pseudonym, sequence)", width: 2, batch.subjects.map { [.text($0.pseudonym), .integer($0.sequence)] }, ignoringDuplicates: true)
+                try insert(
+                    "audit_texts (hash, sequence, sealed)", width: 3, batch.texts.map { [.blob($0.hash), .integer($0.sequence), .blob($0.sealed)] },
+                    ignoringDuplicates: true)
+                for (write, sequence) in batch.sideWrites {
+                    try database.rows(
+                        write.sql,
+                        write.values.map { value -> SQLParameter in
+                            switch value {
+                            case .text(let t): return .text(t)
+                            case .integer(let n): return .integer(n)
+                            case .blob(let b): return .blob(b)
+                            case .null: return .null
+                            case .sequence: return .integer(sequence)
+                            }
+                        })
+                }
+                if let c = batch.checkpoint {
+                    try database.rows(
+                        "INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)",
+                        [.integer(c.treeSize), .text(c.time), .blob(c.rootHash), .text(c.note)])
+                }
+                return batch
+            }
+            cachedTail = batch.tail
+            return batch
+        } catch {
+            cachedTail = nil
+            throw error
+        }
+    }
+
+    /// Multi-row inserts in chunks of at most 64 rows (each chunk size one prepared statement):
+    /// a group commit costs a few round trips, not one per row.
+    private func insert(_ target: String, width: Int, _ rows: [[SQLParameter]], ignoringDuplicates: Bool = false) throws {
+        var start = 0
+        while start < rows.count {
+            var size = 1
+            while size * 2 <= min(64, rows.count - start) { size *= 2 }
+            let tuple = "(" + Array(repeating: "?", count: width).joined(separator: ", ") + ")"
+            let values = Array(repeating: tuple, count: size).joined(separator: ", ")
+            let verb = ignoringDuplicates ? "INSERT OR IGNORE INTO" : "INSERT INTO"
+            try database.rows("\(verb) \(target) VALUES \(values)", Array(rows[start..<start + size].joined()))
+            start += size
+        }
+    }
+
+    public func entry(sequence: Int64) throws -> StoredEntry? {
+        try database.row("SELECT sequence, time, kind, body, leaf_hash, erased_at FROM audit_entries WHERE sequence = ?", [.integer(sequence)]).map(
+            PostgresAuditStore.entry)
+    }
+
+    static func entry(_ r: SQLRow) -> StoredEntry {
+        StoredEntry(sequence: r.int64(0), time: r.string(1) ?? "", kind: r.string(2) ?? "", body: r.string(3), leafHash: r.blob(4) ?? [], erasedAt: r.string(5))
+    }
+
+    public func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws {
+        var conditions: [String] = []
+        var binds: [SQLParameter] = []
+        func add(_ sql: String, _ value: String?) {
+            guard let value else { return }
+            conditions.append(sql)
+            binds.append(.text(value))
+        }
+        add("e.time >= ?", query.from)
+        add("e.time < ?", query.until)
+        add("e.kind = ?", query.kind)
+        add("(e.body::jsonb)->>'caseTable' = ?", query.caseTable)
+        add("(e.body::jsonb)->>'sender' = ?", query.sender)
+        add("(e.body::jsonb)->>'recipient' = ?", query.recipient)
+        add("(e.body::jsonb)->>'purpose' = ?", query.purpose)
+        add("(e.body::jsonb)->>'decision' = ?", query.decision)
+        add("(e.body::jsonb)#>>'{basis,type}' = ?", query.basisType)
+        if let subjects = query.subjects {
+            let marks = Array(repeating: "?", count: max(subjects.count, 1)).joined(separator: ", ")
+            conditions.insert("e.sequence IN (SELECT sequence FROM audit_subjects WHERE pseudonym IN (\(marks)))", at: 0)
+            binds.insert(contentsOf: (subjects.isEmpty ? [""] : subjects).map { .text($0) }, at: 0)
+        }
+        // Pages by sequence: a large log is never held in memory at once.
+        var after = query.afterSequence ?? 0
+        var remaining = query.limit.map { max(0, $0) } ?? Int.max
+        while remaining > 0 {
+            let page = min(remaining, 2_000)
+            var sql = "SELECT e.sequence, e.time, e.kind, e.body, e.leaf_hash, e.erased_at FROM audit_entries e WHERE e.sequence > ?"
+            if !conditions.isEmpty { sql += " AND " + conditions.joined(separator: " AND ") }
+            sql += " ORDER BY e.sequence LIMIT \(page)"
+            let rows = try database.rows(sql, [.integer(after)] + binds)
+            for row in rows {
+                guard try each(PostgresAuditStore.entry(row)) else { return }
+            }
+            guard rows.count == page, let last = rows.last else { return }
+            after = last.int64(0)
+            remaining -= rows.count
+        }
+    }
+
+    public func checkpoints() throws -> [StoredCheckpoint] {
+        try database.rows("SELECT tree_size, time, root_hash, note FROM audit_checkpoints ORDER BY tree_size", []).map {
+            StoredCheckpoint(treeSize: $0.int64(0), time: $0.string(1) ?? "", rootHash: $0.blob(2) ?? [], note: $0.string(3) ?? "")
+        }
+    }
+
+    public func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]? {
+        try database.row("SELECT sealed FROM audit_texts WHERE sequence = ? AND hash = ?", [.integer(sequence), .blob(hash)])?.blob(0)
+    }
+
+    public func expired(before date: String) throws -> [Int64] {
+        try database.rows(
+            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? ORDER BY sequence", [.text(date)]
+        ).map { $0.int64(0) }
+    }
+
+    public func scan(from: Int64, through: Int64?) throws -> SQLCursor {
+        let upper = through ?? Int64.max
+        let database = self.database
+        var next = from
+        return PagedCursor { _ in
+            let rows = try database.rows(
+                "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= ? AND sequence <= ? ORDER BY sequence LIMIT 5000",
+                [.integer(next), .integer(upper)])
+            if let last = rows.last { next = last.int64(0) + 1 }
+            return rows
+        }
+    }
+
+    public func lastSequence() throws -> Int64 {
+        try database.row("SELECT coalesce(max(sequence), 0) FROM audit_entries", [])?.int64(0) ?? 0
+    }
+
+    public func chainHash(sequence: Int64) throws -> [UInt8]? {
+        try database.row("SELECT chain_hash FROM audit_entries WHERE sequence = ?", [.integer(sequence)])?.blob(0)
+    }
+
+    public func observedFlows(from: String?, until: String?) throws -> [ObservedFlow] {
+        var sql = """
+            SELECT b->>'caseTable', b->>'sender', b->>'recipient', b->>'purpose', b->>'decision', b#>>'{basis,type}', b#>>'{basis,ground}', b#>>'{rules,0}', count(*)
+            FROM (SELECT body::jsonb AS b FROM audit_entries WHERE kind IN ('exchange-permitted', 'exchange-denied') AND body IS NOT NULL
+            """
+        var binds: [SQLParameter] = []
+        if let from { sql += " AND time >= ?"; binds.append(.text(from)) }
+        if let until { sql += " AND time < ?"; binds.append(.text(until)) }
+        sql += ") AS x GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+        let flows = try database.rows(sql, binds).map { r in
+            ObservedFlow(
+                caseTable: r.string(0) ?? "", sender: r.string(1) ?? "", recipient: r.string(2) ?? "", purpose: r.string(3) ?? "", decision: r.string(4) ?? "",
+                basisType: r.string(5) ?? "", ground: r.string(6) ?? "", rule: r.string(7) ?? "", count: Int(r.int64(8)))
+        }
+        return ObservedFlow.sorted(flows)
+    }
+}

@@ -1,0 +1,352 @@
+import Foundation
+import KetenpoortAudit
+import KetenpoortCore
+import KetenpoortCrypto
+import KetenpoortStore
+import NIOCore
+import Synchronization
+import Testing
+
+/// The PostgreSQL backend against a real server (Debian's postgresql, started by the test on a
+/// loopback port as an unprivileged user and stopped by its PID): the audit log shared by two
+/// writers, schema migrations on both backends, two gateway processes on one database.
+@Suite("PostgreSQL backend: one log for several gateways", .serialized)
+struct PostgresBackendTests {
+    let wijkteam = PKIFixture.partner("wijkteam-dordrecht")
+    let vt = PKIFixture.partner("veilig-thuis-zhz")
+
+    static func keys() throws -> LogKeys {
+        try LogKeys(keys: try KeyRing(keys: [("k1", Crypto.sha256(Array("postgres test key".utf8)))]), origin: "test.ketenpoort.example/audit")
+    }
+
+    @Test("two writers (two connections, as two instances) append to one PostgreSQL log: one gapless chain, one tree, every checkpoint verifies")
+    func twoWritersOneChain() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let url = try server.createDatabase("twowriters")
+        let settings = PostgresSettings(url: url, passwordFile: server.passwordFile)
+        let keys = try Self.keys()
+        let a = try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer, schedule: CheckpointSchedule(entries: 50, seconds: 3_600))
+        let b = try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer, schedule: CheckpointSchedule(entries: 50, seconds: 3_600))
+        let sequences = IDList()
+        let logs = UncheckedBox([a, b])
+        await withTaskGroup(of: Void.self) { group in
+            for writer in 0..<16 {
+                group.addTask {
+                    let log = logs.value[writer % 2]
+                    for i in 0..<25 {
+                        let record = AuditRecord(kind: "policy-reloaded", members: [("writer", .number(Double(writer))), ("n", .number(Double(i)))], subjects: ["ps1.test\(writer)"])
+                        if let sequence = try? await log.append(record) { sequences.append(String(sequence)) }
+                    }
+                }
+            }
+        }
+        a.close()
+        b.close()
+        let numbered = sequences.all.compactMap { Int64($0) }.sorted()
+        #expect(numbered == Array(1...400), "every append numbered once, no gaps")
+
+        let store = try PostgresAuditStore(settings: settings, readOnly: true)
+        var leaves: [[UInt8]] = []
+        try store.entries(matching: AuditQuery()) { leaves.append($0.leafHash); return true }
+        #expect(leaves.count == 400)
+        let checkpoints = try store.checkpoints()
+        #expect(checkpoints.count >= 8)
+        let tree = StoredTree(store: store)
+        for c in checkpoints {
+            #expect(c.rootHash == MerkleTree.root(leaves[0..<Int(c.treeSize)]))
+            let proof = try tree.inclusionProof(index: c.treeSize - 1, treeSize: c.treeSize)
+            #expect(MerkleTree.verifyInclusion(leafHash: leaves[Int(c.treeSize - 1)], index: Int(c.treeSize - 1), treeSize: Int(c.treeSize), proof: proof, root: c.rootHash))
+        }
+        var subjectQuery = AuditQuery()
+        subjectQuery.subjects = ["ps1.test3"]
+        var found = 0
+        try store.entries(matching: subjectQuery) { _ in found += 1; return true }
+        #expect(found == 25)
+
+        let report = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys, splitFrom: 128)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.entries == 400)
+        #expect(report.treeHead == MerkleTree.root(leaves))
+        #expect(report.checkpointsVerified == checkpoints.count)
+
+        // Tampering with one stored entry is found at that entry.
+        let admin = try PostgresDatabase(settings: settings)
+        try admin.rows("UPDATE audit_entries SET body = body || ' ' WHERE sequence = 123", [])
+        let tampered = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys, splitFrom: 128)
+        #expect(tampered.firstBadEntry == 123)
+    }
+
+    @Test("`ketenpoort migrate` on SQLite and PostgreSQL: status, a step at a time, serve refuses an older or newer schema, then runs")
+    func migrations() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let url = try server.createDatabase("migrations")
+        let sqlite = temporaryDirectory("ketenpoort-migrate") + "/gateway.db"
+        FileManager.default.createFile(atPath: sqlite, contents: nil, attributes: [.posixPermissions: 0o600])
+        let environment = ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile]
+        for db in [sqlite, url] {
+            let first = try ketenpoort(["migrate", "--db", db, "--to", "1"], environment: environment)
+            #expect(first.status == 0, "\(first.stderr)")
+            #expect(first.stdout.contains("applied: 1 "))
+            let status = try ketenpoort(["migrate", "--db", db, "--status"], environment: environment)
+            #expect(status.stdout.contains("schema version: 1") && status.stdout.contains("pending: 2 "), "\(status.stdout)")
+
+            // A gateway on the older schema refuses to start and says what to run.
+            let older = try startGateway(database: db, keys: nil, environment: environment)
+            #expect(older.status == 2)
+            #expect(older.stderr.contains("ketenpoort migrate"), "\(older.stderr)")
+
+            let rest = try ketenpoort(["migrate", "--db", db], environment: environment)
+            #expect(rest.status == 0 && rest.stdout.contains("applied: 2 "), "\(rest.stdout) \(rest.stderr)")
+            #expect(try ketenpoort(["migrate", "--db", db], environment: environment).stdout.contains("up to date"))
+            let back = try ketenpoort(["migrate", "--db", db, "--to", "1"], environment: environment)
+            #expect(back.status == 2 && back.stderr.contains("restore a backup"), "\(back.stderr)")
+
+            // A schema newer than the binary knows: refused by serve and by migrate.
+            let connection = try DatabaseLocation(db, passwordFile: server.passwordFile).connect()
+            try connection.rows("INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'from the future', 'x')", [])
+            let newer = try startGateway(database: db, keys: nil, environment: environment)
+            #expect(newer.status == 2 && newer.stderr.contains("newer"), "\(newer.stderr)")
+            #expect(try ketenpoort(["migrate", "--db", db], environment: environment).status == 2)
+            try connection.rows("DELETE FROM schema_migrations WHERE version = 99", [])
+        }
+        // A password in the URL is refused, and never printed back.
+        let withPassword = try ketenpoort(["migrate", "--db", "postgresql://ketenpoort:s3cret@127.0.0.1:\(server.port)/migrations"])
+        #expect(withPassword.status == 2 && !withPassword.stderr.contains("s3cret"), "\(withPassword.stderr)")
+    }
+
+    /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
+    func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
+        let directory = temporaryDirectory("ketenpoort-refused")
+        try MasterKeyFile.create(path: directory + "/keys")
+        try write(
+            """
+            listen: 127.0.0.1:0
+            ops_listen: 127.0.0.1:0
+            policies: \(packageRoot)/Policies
+            database: \(database)
+            database_password_file: \(environment["KETENPOORT_DATABASE_PASSWORD_FILE"] ?? "")
+            keys: \(keys ?? directory + "/keys")
+            tls:
+              certificate: \(PKIFixture.path("gateway/server.crt"))
+              key: \(PKIFixture.path("gateway/server.key"))
+              client_ca: \(PKIFixture.path("ca.crt"))
+            """, to: directory + "/gateway.yaml")
+        return try ketenpoort(["serve", "--config", directory + "/gateway.yaml"])
+    }
+
+    /// Two gateway processes on one PostgreSQL database with the same master key.
+    func startPair(_ server: PostgresServer, database: String) throws -> (GatewayProcess, GatewayProcess, String) {
+        let url = try server.createDatabase(database)
+        let shared = temporaryDirectory("ketenpoort-pair")
+        try MasterKeyFile.create(path: shared + "/keys")
+        var gateways: [GatewayProcess] = []
+        for name in ["a", "b"] {
+            let configPath = "\(shared)/\(name).yaml"
+            try write(
+                """
+                listen: 127.0.0.1:0
+                ops_listen: 127.0.0.1:0
+                event_loop_threads: 1
+                log_level: notice
+                policies: \(packageRoot)/Policies
+                database: \(url)
+                database_password_file: \(server.passwordFile)
+                keys: \(shared)/keys
+                audit:
+                  checkpoint_entries: 25
+                tls:
+                  certificate: \(PKIFixture.path("gateway/server.crt"))
+                  key: \(PKIFixture.path("gateway/server.key"))
+                  client_ca: \(PKIFixture.path("ca.crt"))
+                """, to: configPath)
+            gateways.append(try GatewayProcess(directory: shared, configPath: configPath, arguments: ["serve", "--config", configPath]))
+        }
+        return (gateways[0], gateways[1], url)
+    }
+
+    func post(_ client: TestHTTPSClient, _ path: String, _ body: String, headers: [(String, String)] = []) async throws -> TestResponse {
+        try await client.request(path, method: .POST, headers: [("content-type", "application/json")] + headers, body: body)
+    }
+
+    /// Joint custody and both parents' consents, registered through `client`.
+    func consents(_ client: TestHTTPSClient) async throws -> [String] {
+        let custody = try await post(
+            client, "/v1/facts",
+            #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(ExchangeTests.child)", "holders": ["\#(ExchangeTests.mother)", "\#(ExchangeTests.father)"]}"#)
+        #expect(custody.status == 201, "\(custody.body)")
+        var ids: [String] = []
+        for parent in [ExchangeTests.mother, ExchangeTests.father] {
+            let r = try await post(client, "/v1/consents", ExchangeTests.consentBody(grantor: parent))
+            ids.append(try #require(r.json?["consentId"]?.stringValue))
+        }
+        return ids
+    }
+
+    /// Every item in `client`'s inbox (all pages): inbox id → exchange id.
+    func inbox(_ client: TestHTTPSClient) async throws -> [(id: String, exchange: String)] {
+        var items: [(String, String)] = []
+        var cursor = "0"
+        while true {
+            let page = try await client.request("/v1/inbox?after=\(cursor)&limit=500")
+            let list = page.json?["items"]?.arrayValue ?? []
+            if list.isEmpty { return items }
+            for item in list { items.append((item["id"]?.stringValue ?? "", item["exchangeId"]?.stringValue ?? "")) }
+            cursor = page.json?["next"]?.stringValue ?? cursor
+        }
+    }
+
+    @Test("two gateway processes on one database under concurrent load: no exchange lost or doubled, one acknowledgement each, a withdrawal holds at once everywhere, one idempotent answer, the log verifies")
+    func twoGatewaysUnderLoad() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let (a, b, url) = try startPair(server, database: "pair")
+        defer {
+            a.stop()
+            b.stop()
+        }
+        let setup = try await TestHTTPSClient.connect(port: a.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consents(setup)
+        await setup.close()
+        let body = ExchangeTests.exchangeBody(consents: ids)
+
+        // Eight senders, alternating between the instances, 15 exchanges each.
+        let accepted = IDList()
+        let ports = [a.port, b.port]
+        let cert = wijkteam
+        await withTaskGroup(of: Void.self) { group in
+            for sender in 0..<8 {
+                group.addTask {
+                    guard let client = try? await TestHTTPSClient.connect(port: ports[sender % 2], cert: cert.cert, key: cert.key) else { return }
+                    for _ in 0..<15 {
+                        if let r = try? await client.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: body),
+                            r.status == 201, let id = r.json?["exchangeId"]?.stringValue
+                        {
+                            accepted.append(id)
+                        }
+                    }
+                    await client.close()
+                }
+            }
+        }
+        #expect(accepted.count == 120)
+
+        // The recipient sees every exchange exactly once, through either instance.
+        let vtA = try await TestHTTPSClient.connect(port: a.port, cert: vt.cert, key: vt.key)
+        let vtB = try await TestHTTPSClient.connect(port: b.port, cert: vt.cert, key: vt.key)
+        let items = try await inbox(vtB)
+        #expect(items.count == 120)
+        #expect(Set(items.map(\.exchange)) == Set(accepted.all))
+
+        // Acknowledged through one instance, then again through the other: one acknowledgement.
+        let first = try await vtA.request("/v1/inbox/\(items[0].id)/ack", method: .POST)
+        #expect(first.status == 200 && first.json?["acknowledgedBefore"]?.boolValue == false, "\(first.body)")
+        let again = try await vtB.request("/v1/inbox/\(items[0].id)/ack", method: .POST)
+        #expect(again.status == 200 && again.json?["acknowledgedBefore"]?.boolValue == true, "\(again.body)")
+        // Racing acknowledgements of the rest through both instances: each item once.
+        let fresh = IDList()
+        await withTaskGroup(of: Void.self) { group in
+            for client in [vtA, vtB] {
+                group.addTask {
+                    for item in items.dropFirst() {
+                        if let r = try? await client.request("/v1/inbox/\(item.id)/ack", method: .POST), r.json?["acknowledgedBefore"]?.boolValue == false {
+                            fresh.append(item.id)
+                        }
+                    }
+                }
+            }
+        }
+        #expect(fresh.count == 119 && Set(fresh.all).count == 119)
+        #expect(try await inbox(vtA).isEmpty)
+
+        // A withdrawal through A holds for the very next exchange decided by B.
+        let teamA = try await TestHTTPSClient.connect(port: a.port, cert: wijkteam.cert, key: wijkteam.key)
+        let teamB = try await TestHTTPSClient.connect(port: b.port, cert: wijkteam.cert, key: wijkteam.key)
+        #expect(try await teamA.request("/v1/consents/\(ids[1])/withdraw", method: .POST).status == 200)
+        let denied = try await post(teamB, "/v1/exchanges", body)
+        #expect(denied.status == 403, "\(denied.body)")
+
+        // One Idempotency-Key sent to both instances at once: carried out once.
+        let fresh2 = try await consents(teamA)
+        let body2 = ExchangeTests.exchangeBody(consents: fresh2)
+        async let onA = post(teamA, "/v1/exchanges", body2, headers: [("idempotency-key", "same-key-1")])
+        async let onB = post(teamB, "/v1/exchanges", body2, headers: [("idempotency-key", "same-key-1")])
+        let answers = try await [onA, onB]
+        let created = answers.filter { $0.status == 201 }
+        #expect(created.count >= 1)
+        #expect(Set(created.compactMap { $0.json?["exchangeId"]?.stringValue }).count == 1, "\(answers.map(\.body))")
+        #expect(answers.allSatisfy { $0.status == 201 || $0.status == 409 })
+        #expect(try await inbox(vtA).count == 1)
+        for client in [vtA, vtB, teamA, teamB] { await client.close() }
+
+        #expect(a.stop() == 0)
+        #expect(b.stop() == 0)
+        let verified = try ketenpoort(
+            ["log", "verify", "--db", url, "--keys", a.directory + "/keys"], environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+        #expect(verified.stdout.contains("entries verified"), "\(verified.stdout)")
+    }
+
+    @Test("one of two instances killed (SIGKILL) mid-load: every acknowledged exchange is in the inbox, read through the survivor, and the log verifies")
+    func instanceKilledMidLoad() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let (a, b, url) = try startPair(server, database: "killed")
+        defer { b.stop() }
+        let setup = try await TestHTTPSClient.connect(port: b.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consents(setup)
+        await setup.close()
+        let body = ExchangeTests.exchangeBody(consents: ids)
+        let accepted = IDList()
+        let ports = [a.port, b.port]
+        let cert = wijkteam
+        let stopAll = StopFlag()
+        let senders = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for sender in 0..<8 {
+                    group.addTask {
+                        guard let client = try? await TestHTTPSClient.connect(port: ports[sender % 2], cert: cert.cert, key: cert.key) else { return }
+                        while !stopAll.isSet {
+                            guard let r = try? await client.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: body) else { return }
+                            if r.status == 201, let id = r.json?["exchangeId"]?.stringValue { accepted.append(id) }
+                        }
+                        await client.close()
+                    }
+                }
+            }
+        }
+        for _ in 0..<200 where accepted.count < 60 { try await Task.sleep(for: .milliseconds(50)) }
+        a.signal(SIGKILL)
+        // The survivor keeps taking exchanges.
+        let before = accepted.count
+        for _ in 0..<100 where accepted.count < before + 30 { try await Task.sleep(for: .milliseconds(50)) }
+        stopAll.set()
+        _ = await senders.result
+        let sent = accepted.all
+        #expect(sent.count >= before + 30)
+        let vtB = try await TestHTTPSClient.connect(port: b.port, cert: vt.cert, key: vt.key)
+        let delivered = Set(try await inbox(vtB).map(\.exchange))
+        await vtB.close()
+        let missing = sent.filter { !delivered.contains($0) }
+        #expect(missing.isEmpty, "\(missing.count) acknowledged exchanges lost")
+        #expect(delivered.count == Set(sent).count || delivered.count > Set(sent).count, "an exchange whose answer was lost with the killed instance may be in the inbox; none is doubled")
+        #expect(b.stop() == 0)
+        let verified = try ketenpoort(
+            ["log", "verify", "--db", url, "--keys", b.directory + "/keys"], environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+    }
+}
+
+/// A value handed to concurrent test tasks that only read it.
+final class UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A flag one task sets and others poll.
+final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .relaxed) }
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import KetenpoortStore
+
+/// A real PostgreSQL server (Debian's `postgresql`) for the tests: a fresh cluster in a temporary
+/// directory, password authentication (SCRAM) for the role `ketenpoort`, listening on a free
+/// loopback port only, stopped by its PID. `initdb` refuses root: when the tests run as root the
+/// server's programs run as the unprivileged `postgres` user (`runuser`).
+final class PostgresServer: @unchecked Sendable {
+    let directory: String
+    let port: Int
+    let passwordFile: String
+    private(set) var pid: Int32 = 0
+    private var process: Process?
+    private static let password = "kp-test-\(UUID().uuidString.prefix(8))"
+
+    /// The newest installed server's programs.
+    static func binDirectory() throws -> String {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap(Int.init).sorted()
+        guard let version = versions.last, FileManager.default.isExecutableFile(atPath: "\(root)/\(version)/bin/initdb") else {
+            throw GatewayProcessError(message: "PostgreSQL's server programs are not installed (`make test` installs Debian's postgresql)")
+        }
+        return "\(root)/\(version)/bin"
+    }
+
+    init() throws {
+        let bin = try PostgresServer.binDirectory()
+        directory = temporaryDirectory("ketenpoort-pg")
+        let data = directory + "/data"
+        let sockets = directory + "/run"
+        passwordFile = directory + "/password"
+        try write(PostgresServer.password, to: passwordFile, mode: 0o600)
+        let serverPasswordFile = directory + "/server-password"
+        try write(PostgresServer.password, to: serverPasswordFile, mode: 0o600)
+        try FileManager.default.createDirectory(atPath: sockets, withIntermediateDirectories: true)
+        port = try PostgresServer.freePort()
+        let asRoot = getuid() == 0
+        if asRoot {
+            // The cluster's files belong to the unprivileged user that runs the server.
+            FileManager.default.createFile(atPath: directory + "/server.log", contents: nil)
+            _ = try runProcess("/bin/chown", ["-R", "postgres:postgres", directory])
+            _ = try runProcess("/bin/chmod", ["0755", directory])
+            _ = try runProcess("/bin/chown", ["root:root", passwordFile])
+        }
+        func run(_ program: String, _ arguments: [String]) throws -> ProcessResult {
+            asRoot ? try runProcess("/sbin/runuser", ["-u", "postgres", "--", "\(bin)/\(program)"] + arguments) : try runProcess("\(bin)/\(program)", arguments)
+        }
+        let initdb = try run(
+            "initdb", ["-D", data, "-U", "ketenpoort", "--auth=scram-sha-256", "--pwfile=\(serverPasswordFile)", "--no-sync", "-E", "UTF8", "--locale=C"])
+        guard initdb.status == 0 else { throw GatewayProcessError(message: "initdb failed: \(initdb.stderr)") }
+        // The server runs as a child of the test (not daemonised by pg_ctl: a daemon would keep
+        // the test's process-watching descriptors open); `setpriv` execs it under the unprivileged
+        // user, so the child's PID is the postmaster's.
+        let postgres = Process()
+        let serverArguments = [
+            "-D", data, "-p", "\(port)", "-k", sockets, "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=60", "-c", "shared_buffers=64MB",
+        ]
+        if asRoot {
+            postgres.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            postgres.arguments = ["--reuid=postgres", "--regid=postgres", "--clear-groups", "\(bin)/postgres"] + serverArguments
+        } else {
+            postgres.executableURL = URL(fileURLWithPath: "\(bin)/postgres")
+            postgres.arguments = serverArguments
+        }
+        let log = FileHandle(forWritingAtPath: directory + "/server.log") ?? {
+            FileManager.default.createFile(atPath: directory + "/server.log", contents: nil)
+            return FileHandle(forWritingAtPath: directory + "/server.log")!
+        }()
+        postgres.standardOutput = log
+        postgres.standardError = log
+        postgres.standardInput = FileHandle.nullDevice
+        try postgres.run()
+        process = postgres
+        pid = postgres.processIdentifier
+        // Ready once it accepts a login.
+        let deadline = Date().addingTimeInterval(60)
+        while true {
+            if (try? PostgresDatabase(settings: PostgresSettings(url: "postgresql://ketenpoort@127.0.0.1:\(port)/postgres?sslmode=disable", passwordFile: passwordFile))) != nil {
+                break
+            }
+            guard postgres.isRunning, Date() < deadline else {
+                let text = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
+                stop()
+                throw GatewayProcessError(message: "PostgreSQL did not start: \(text.suffix(2_000))")
+            }
+            usleep(100_000)
+        }
+    }
+
+    /// A URL for one database (no password in it: that comes from `passwordFile`).
+    func url(_ database: String = "postgres") -> String { "postgresql://ketenpoort@127.0.0.1:\(port)/\(database)?sslmode=disable" }
+
+    func settings(_ database: String = "postgres") -> PostgresSettings { PostgresSettings(url: url(database), passwordFile: passwordFile) }
+
+    /// Creates an empty database and returns its URL.
+    @discardableResult
+    func createDatabase(_ name: String) throws -> String {
+        let admin = try PostgresDatabase(settings: settings())
+        try admin.execute("CREATE DATABASE \(name)")
+        return url(name)
+    }
+
+    /// Fast shutdown by PID (SIGINT), waiting until the postmaster is gone.
+    func stop() {
+        guard pid > 0 else { return }
+        kill(pid, SIGINT)
+        let deadline = Date().addingTimeInterval(30)
+        while process?.isRunning == true && Date() < deadline { usleep(50_000) }
+        if process?.isRunning == true {
+            kill(pid, SIGKILL)
+            process?.waitUntilExit()
+        }
+        pid = 0
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw GatewayProcessError(message: "no free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
