@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 SWIFT ?= swift
 BUILD_DEPS := libssl-dev libsqlite3-dev libpq-dev pkg-config openssl
-TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3 chromium
+TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3 chromium postgresql systemd
 BIN_DEBUG := .build/debug/ketenpoort
 BIN_RELEASE := .build/release/ketenpoort
 
@@ -33,10 +33,13 @@ test: test-deps
 	$(BIN_DEBUG) policy test Policies
 	python3 scripts/check_schema.py
 	python3 scripts/check_openapi.py
+	python3 scripts/check_deploy.py
+	python3 scripts/check_deploy.py --self-test
 	$(SWIFT) test --skip-build --no-parallel 2>&1 | tee .build/swift-test-output.txt
 	python3 scripts/bench.py --smoke --bin $(BIN_DEBUG)
 	$(BIN_DEBUG) bench log --entries 2000 --report-entries 5000
 	python3 scripts/bench_exchanges.py --smoke --bin $(BIN_DEBUG)
+	python3 scripts/bench_scaleout.py --smoke --bin $(BIN_DEBUG)
 
 ## make bench: the full benchmark against nginx (release build, pinned cores, three alternating runs).
 bench: release test-deps
@@ -47,6 +50,7 @@ bench: release test-deps
 	$(BIN_RELEASE) bench log --dir /tmp/ketenpoort-bench-log
 	python3 scripts/bench_exchanges.py --bin $(BIN_RELEASE)
 	python3 scripts/bench_routemap.py --bin $(BIN_RELEASE) --dir /tmp/ketenpoort-bench-log
+	python3 scripts/bench_scaleout.py --bin $(BIN_RELEASE)
 
 policy-check: build
 	$(BIN_DEBUG) policy check Policies
