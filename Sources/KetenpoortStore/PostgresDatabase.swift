@@ -190,8 +190,11 @@ public final class PostgresDatabase: SQLDatabase {
         if PQstatus(connection) != CONNECTION_OK {
             code = .storageUnavailable
         } else {
+            // 08 connection, 53 resources (disk full), 57 operator intervention (shutdown),
+            // 58 system error, 25006 read-only transaction (a standby): the store cannot be written.
             switch state.prefix(2) {
-            case "08", "53", "57", "58", "25" where state == "25006": code = .storageUnavailable
+            case _ where state == "25006": code = .storageUnavailable
+            case "08", "53", "57", "58": code = .storageUnavailable
             case "23": code = .storageConstraint
             case "XX": code = .storageCorrupt
             default: code = .storage

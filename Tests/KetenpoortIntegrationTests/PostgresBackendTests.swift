@@ -116,6 +116,58 @@ struct PostgresBackendTests {
         #expect(withPassword.status == 2 && !withPassword.stderr.contains("s3cret"), "\(withPassword.stderr)")
     }
 
+    @Test("backup and restore: a SQLite copy taken while the log is written, and a pg_dump restored into a new database, both pass `log verify` against a checkpoint kept outside")
+    func backupRestoreVerifies() async throws {
+        let keys = try Self.keys()
+        let verifiers = try keys.verifierKeys
+        let keyFile = temporaryDirectory("ketenpoort-backup-keys") + "/verifier.pub"
+        try write(verifiers.map(\.text).joined(separator: "\n") + "\n", to: keyFile)
+
+        // SQLite: copy while appends go on; the copy verifies and extends the checkpoint kept before.
+        let directory = temporaryDirectory("ketenpoort-backup")
+        let path = directory + "/gateway.db"
+        let log = try AuditLog(path: path, signer: try keys.signer, schedule: CheckpointSchedule(entries: 20, seconds: 3_600))
+        for i in 0..<100 { _ = try await log.append(AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])) }
+        let kept = try #require(try SQLiteAuditStore(readingFrom: path).checkpoints().last?.note)
+        try write(kept, to: directory + "/kept.checkpoint")
+        let writer = Task {
+            for i in 100..<400 { _ = try await log.append(AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])) }
+        }
+        let backup = try ketenpoort(["backup", "--db", path, "--out", directory + "/copy.db"])
+        #expect(backup.status == 0, "\(backup.stderr)")
+        try await writer.value
+        log.close()
+        let mode = try FileManager.default.attributesOfItem(atPath: directory + "/copy.db")[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o600)
+        let restored = try ketenpoort(["log", "verify", "--db", directory + "/copy.db", "--checkpoint", directory + "/kept.checkpoint", "--public-key", keyFile])
+        #expect(restored.status == 0, "\(restored.stdout) \(restored.stderr)")
+        #expect(try ketenpoort(["backup", "--db", path, "--out", directory + "/copy.db"]).status == 2, "an existing file is not overwritten")
+
+        // PostgreSQL: pg_dump of the live database, pg_restore into an empty one, verify.
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let url = try server.createDatabase("source")
+        let settings = PostgresSettings(url: url, passwordFile: server.passwordFile)
+        let pgLog = try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer, schedule: CheckpointSchedule(entries: 20, seconds: 3_600))
+        for i in 0..<100 { _ = try await pgLog.append(AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])) }
+        pgLog.close()
+        let pgKept = try #require(try PostgresAuditStore(settings: settings, readOnly: true).checkpoints().last?.note)
+        try write(pgKept, to: directory + "/pg-kept.checkpoint")
+        let password = try String(contentsOfFile: server.passwordFile, encoding: .utf8)
+        let bin = try PostgresServer.binDirectory()
+        let dump = try runProcess(
+            "\(bin)/pg_dump", ["--format=custom", "--file=\(directory)/source.dump", "--dbname=\(url)"], environment: ["PGPASSWORD": password])
+        #expect(dump.status == 0, "\(dump.stderr)")
+        let target = try server.createDatabase("restored")
+        let restore = try runProcess("\(bin)/pg_restore", ["--no-owner", "--dbname=\(target)", directory + "/source.dump"], environment: ["PGPASSWORD": password])
+        #expect(restore.status == 0, "\(restore.stderr)")
+        let verified = try ketenpoort(
+            ["log", "verify", "--db", target, "--checkpoint", directory + "/pg-kept.checkpoint", "--public-key", keyFile],
+            environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+        #expect(verified.stdout.contains("100 entries verified"), "\(verified.stdout)")
+    }
+
     /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
     func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
         let directory = temporaryDirectory("ketenpoort-refused")
