@@ -181,6 +181,18 @@ def main():
     for label, db in (("sqlite", f"{work}/bench.db"), ("one", url("one")), ("two", url("two"))):
         v = subprocess.run([binary, "log", "verify", "--db", db, "--keys", f"{work}/master.key"], capture_output=True, text=True, env=env)
         verified[label] = (v.returncode, (v.stdout or v.stderr).strip().splitlines()[0] if (v.stdout or v.stderr) else "")
+    # Storage per log entry (an exchange is one entry plus its exchange row and inbox item).
+    sizes = {}
+    password = open(password_file).read().strip()
+    for label, db in (("one", "one"), ("two", "two")):
+        q = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "ketenpoort", "-d", db, "-At", "-c",
+                            "SELECT pg_database_size(current_database()), (SELECT count(*) FROM audit_entries)"],
+                           env=dict(os.environ, PGPASSWORD=password), capture_output=True, text=True)
+        total, entries = (int(x) for x in q.stdout.strip().split("|"))
+        sizes[label] = total / max(entries, 1)
+    db_path = f"{work}/bench.db"
+    sqlite_entries = int(verified["sqlite"][1].split()[0]) if verified["sqlite"][1] else 1
+    sizes["sqlite"] = os.path.getsize(db_path) / max(sqlite_entries, 1)
     postgres.send_signal(signal.SIGINT)
     postgres.wait(timeout=60)
     base = statistics.median(r["requests_per_second"] for r in results["SQLite, one gateway"])
@@ -191,11 +203,11 @@ def main():
         print(f"{name:28} {rate:9.1f} exchanges/s   p50 {statistics.median(r['latency_p50_ms'] for r in rs):7.2f} ms"
               f"   p99 {statistics.median(r['latency_p99_ms'] for r in rs):7.2f} ms   ÷ SQLite {rate / max(base, 1e-9):5.2f}")
     for label, (code, line) in verified.items():
-        print(f"log verify ({label}): exit {code}: {line}")
+        print(f"log verify ({label}): exit {code}: {line}; {sizes[label]:.0f} bytes of database per entry")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "scaleout-smoke.json" if args.smoke else "scaleout.json")
     with open(out, "w") as f:
-        json.dump({"results": results, "machine": common.machine(), "verified": verified}, f, indent=2)
+        json.dump({"results": results, "machine": common.machine(), "verified": verified, "bytes_per_entry": sizes}, f, indent=2)
     print(f"written {out}")
     if any(code != 0 for code, _ in verified.values()):
         raise SystemExit("a log does not verify after the benchmark")

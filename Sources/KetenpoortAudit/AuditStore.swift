@@ -31,12 +31,19 @@ public struct AuditTail: Sendable {
         var tail = AuditTail.empty
         tail.size = size
         tail.chain = chain
+        for (level, position) in frontierPositions(size: size) { tail.frontier.append((level, try node(level, position))) }
+        return tail
+    }
+
+    /// The subtrees whose roots make up the frontier of a tree of `size` leaves, largest first.
+    static func frontierPositions(size: Int64) -> [(level: Int, position: Int64)] {
+        var positions: [(level: Int, position: Int64)] = []
         var offset: Int64 = 0
         for level in stride(from: 62, through: 0, by: -1) where size & (Int64(1) << Int64(level)) != 0 {
-            tail.frontier.append((level, try node(level, offset >> Int64(level))))
+            positions.append((level, offset >> Int64(level)))
             offset += Int64(1) << Int64(level)
         }
-        return tail
+        return positions
     }
 
     /// Adds a leaf; returns the interior nodes it completes as (level, position, hash).

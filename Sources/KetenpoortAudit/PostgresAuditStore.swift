@@ -83,7 +83,21 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
             chain = last.blob(1) ?? []
         }
         if let cached = cachedTail, cached.size == size, cached.chain == chain { return cached }
-        var tail = try AuditTail.load(size: size, chain: chain) { try node(level: $0, position: $1) }
+        // Another instance appended: its frontier (at most 63 subtree roots) in one query.
+        let wanted = AuditTail.frontierPositions(size: size)
+        var found: [String: [UInt8]] = [:]
+        let interior = wanted.filter { $0.level > 0 }
+        if !interior.isEmpty {
+            let pairs = Array(repeating: "(?, ?)", count: interior.count).joined(separator: ", ")
+            let rows = try database.rows(
+                "SELECT level, position, hash FROM audit_tree WHERE (level, position) IN (\(pairs))",
+                interior.flatMap { [SQLParameter.integer(Int64($0.level)), .integer($0.position)] })
+            for r in rows { found["\(r.int64(0))/\(r.int64(1))"] = r.blob(2) }
+        }
+        var tail = try AuditTail.load(size: size, chain: chain) { level, position in
+            if level > 0, let hash = found["\(level)/\(position)"], hash.count == 32 { return hash }
+            return try node(level: level, position: position)
+        }
         if let checkpoint = try database.row("SELECT tree_size, time FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1", []) {
             tail.checkpointSize = checkpoint.int64(0)
             tail.checkpointTime = AuditClock.parse(checkpoint.string(1) ?? "")
@@ -110,43 +124,52 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
                 // Serialises the group commits of every instance; released at COMMIT/ROLLBACK.
                 try database.rows("SELECT pg_advisory_xact_lock(?)", [.integer(PostgresAuditStore.writerLock)])
                 let batch = try build(try tail())
+                // Everything the batch writes goes in one pipeline: a round trip or two while the
+                // lock is held, not one per row.
+                var statements: [(sql: String, parameters: [SQLParameter])] = []
                 if !batch.erase.isEmpty {
                     let now = AuditClock.timestamp()
                     for sequence in batch.erase {
-                        try database.rows("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL", [.text(now), .integer(sequence)])
-                        try database.rows("DELETE FROM audit_subjects WHERE sequence = ?", [.integer(sequence)])
-                        try database.rows("DELETE FROM audit_texts WHERE sequence = ?", [.integer(sequence)])
+                        statements.append(("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL", [.text(now), .integer(sequence)]))
+                        statements.append(("DELETE FROM audit_subjects WHERE sequence = ?", [.integer(sequence)]))
+                        statements.append(("DELETE FROM audit_texts WHERE sequence = ?", [.integer(sequence)]))
                     }
                 }
-                try insert(
+                statements += PostgresAuditStore.inserts(
                     "audit_entries (sequence, time, kind, retain_until, body, leaf_hash, chain_hash)", width: 7,
                     batch.entries.map { e in
                         [.integer(e.sequence), .text(e.time), .text(e.kind), .optional(e.retainUntil), .text(e.body), .blob(e.leaf), .blob(e.chain)]
                     })
-                try insert("audit_tree (level, position, hash)", width: 3, batch.nodes.map { [.integer(Int64($0.level)), .integer($0.position), .blob($0.hash)] })
-                try insert(
+                statements += PostgresAuditStore.inserts(
+                    "audit_tree (level, position, hash)", width: 3, batch.nodes.map { [.integer(Int64($0.level)), .integer($0.position), .blob($0.hash)] })
+                statements += PostgresAuditStore.inserts(
                     "audit_subjects (pseudonym, sequence)", width: 2, batch.subjects.map { [.text($0.pseudonym), .integer($0.sequence)] }, ignoringDuplicates: true)
-                try insert(
+                statements += PostgresAuditStore.inserts(
                     "audit_texts (hash, sequence, sealed)", width: 3, batch.texts.map { [.blob($0.hash), .integer($0.sequence), .blob($0.sealed)] },
                     ignoringDuplicates: true)
                 for (write, sequence) in batch.sideWrites {
-                    try database.rows(
-                        write.sql,
-                        write.values.map { value -> SQLParameter in
-                            switch value {
-                            case .text(let t): return .text(t)
-                            case .integer(let n): return .integer(n)
-                            case .blob(let b): return .blob(b)
-                            case .null: return .null
-                            case .sequence: return .integer(sequence)
+                    statements.append(
+                        (
+                            write.sql,
+                            write.values.map { value -> SQLParameter in
+                                switch value {
+                                case .text(let t): return .text(t)
+                                case .integer(let n): return .integer(n)
+                                case .blob(let b): return .blob(b)
+                                case .null: return .null
+                                case .sequence: return .integer(sequence)
+                                }
                             }
-                        })
+                        ))
                 }
                 if let c = batch.checkpoint {
-                    try database.rows(
-                        "INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)",
-                        [.integer(c.treeSize), .text(c.time), .blob(c.rootHash), .text(c.note)])
+                    statements.append(
+                        (
+                            "INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)",
+                            [.integer(c.treeSize), .text(c.time), .blob(c.rootHash), .text(c.note)]
+                        ))
                 }
+                try database.pipeline(statements)
                 return batch
             }
             cachedTail = batch.tail
@@ -157,9 +180,9 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
         }
     }
 
-    /// Multi-row inserts in chunks of at most 64 rows (each chunk size one prepared statement):
-    /// a group commit costs a few round trips, not one per row.
-    private func insert(_ target: String, width: Int, _ rows: [[SQLParameter]], ignoringDuplicates: Bool = false) throws {
+    /// Multi-row inserts in chunks of at most 64 rows (each chunk size one prepared statement).
+    private static func inserts(_ target: String, width: Int, _ rows: [[SQLParameter]], ignoringDuplicates: Bool = false) -> [(sql: String, parameters: [SQLParameter])] {
+        var statements: [(sql: String, parameters: [SQLParameter])] = []
         var start = 0
         while start < rows.count {
             var size = 1
@@ -167,9 +190,10 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
             let tuple = "(" + Array(repeating: "?", count: width).joined(separator: ", ") + ")"
             let values = Array(repeating: tuple, count: size).joined(separator: ", ")
             let verb = ignoringDuplicates ? "INSERT OR IGNORE INTO" : "INSERT INTO"
-            try database.rows("\(verb) \(target) VALUES \(values)", Array(rows[start..<start + size].joined()))
+            statements.append(("\(verb) \(target) VALUES \(values)", Array(rows[start..<start + size].joined())))
             start += size
         }
+        return statements
     }
 
     public func entry(sequence: Int64) throws -> StoredEntry? {

@@ -127,30 +127,66 @@ public final class PostgresDatabase: SQLDatabase {
         guard statement.count == parameters.count else {
             throw KetenpoortError(.storage, "a statement expects \(statement.count) values, \(parameters.count) given")
         }
-        // Text parameters as C strings, blobs as binary; the server knows their types.
-        var buffers: [UnsafeMutablePointer<CChar>?] = []
-        var lengths: [Int32] = []
-        var formats: [Int32] = []
-        defer { buffers.forEach { free($0) } }
-        for value in parameters {
-            switch value {
-            case .null:
-                buffers.append(nil); lengths.append(0); formats.append(0)
-            case .text(let t):
-                buffers.append(strdup(t)); lengths.append(0); formats.append(0)
-            case .integer(let n):
-                buffers.append(strdup(String(n))); lengths.append(0); formats.append(0)
-            case .blob(let b):
-                let memory = malloc(max(b.count, 1))!.assumingMemoryBound(to: CChar.self)
-                b.withUnsafeBytes { raw in if let base = raw.baseAddress { memcpy(memory, base, b.count) } }
-                buffers.append(memory); lengths.append(Int32(b.count)); formats.append(1)
-            }
-        }
-        let pointers: [UnsafePointer<CChar>?] = buffers.map { $0.map { UnsafePointer($0) } }
-        let result = PQexecPrepared(connection, statement.name, Int32(parameters.count), pointers, lengths, formats, 0)
+        let bound = BoundParameters(parameters)
+        defer { bound.free() }
+        let result = PQexecPrepared(connection, statement.name, Int32(parameters.count), bound.pointers, bound.lengths, bound.formats, 0)
         defer { PQclear(result) }
         try check(result)
         return PostgresDatabase.read(result!)
+    }
+
+    /// Runs statements that return no rows in as few round trips as possible (libpq's pipeline
+    /// mode: sent together, then their results read). Inside a transaction a failure aborts it;
+    /// the first failure is thrown.
+    public func pipeline(_ statements: [(sql: String, parameters: [SQLParameter])]) throws {
+        guard !statements.isEmpty else { return }
+        try ensureConnected()
+        // Prepared (synchronously, once per connection) before the pipeline starts.
+        let names = try statements.map { statement -> String in
+            let prepared = try prepare(statement.sql)
+            guard prepared.count == statement.parameters.count else {
+                throw KetenpoortError(.storage, "a statement expects \(prepared.count) values, \(statement.parameters.count) given")
+            }
+            return prepared.name
+        }
+        // In chunks, so that neither side's socket buffer can fill while the other is still writing.
+        var start = 0
+        while start < statements.count {
+            let end = min(statements.count, start + 128)
+            guard PQenterPipelineMode(connection) == 1 else {
+                throw KetenpoortError(.storage, "postgresql: pipeline mode is not available: \(PostgresDatabase.connectionMessage(connection))")
+            }
+            var firstError: Error?
+            var sent = 0
+            for i in start..<end {
+                let bound = BoundParameters(statements[i].parameters)
+                let ok = PQsendQueryPrepared(connection, names[i], Int32(statements[i].parameters.count), bound.pointers, bound.lengths, bound.formats, 0)
+                bound.free()
+                guard ok == 1 else {
+                    firstError = KetenpoortError(.storageUnavailable, "postgresql: a statement could not be sent: \(PostgresDatabase.connectionMessage(connection))")
+                    break
+                }
+                sent += 1
+            }
+            PQpipelineSync(connection)
+            for _ in 0..<sent {
+                while let result = PQgetResult(connection) {
+                    if firstError == nil, PQresultStatus(result) != PGRES_PIPELINE_ABORTED {
+                        do { try check(result) } catch { firstError = error }
+                    }
+                    PQclear(result)
+                }
+            }
+            // The synchronisation point's own result, then idle.
+            while let result = PQgetResult(connection) {
+                let done = PQresultStatus(result) == PGRES_PIPELINE_SYNC
+                PQclear(result)
+                if done { break }
+            }
+            PQexitPipelineMode(connection)
+            if let firstError { throw firstError }
+            start = end
+        }
     }
 
     public func transaction<T>(_ body: () throws -> T) throws -> T {
@@ -233,6 +269,35 @@ public final class PostgresDatabase: SQLDatabase {
         }
         return rows
     }
+}
+
+/// Parameters as libpq takes them: text as C strings, blobs in binary form (the server knows
+/// each parameter's type from the prepared statement).
+struct BoundParameters {
+    var buffers: [UnsafeMutablePointer<CChar>?] = []
+    var lengths: [Int32] = []
+    var formats: [Int32] = []
+
+    init(_ parameters: [SQLParameter]) {
+        for value in parameters {
+            switch value {
+            case .null:
+                buffers.append(nil); lengths.append(0); formats.append(0)
+            case .text(let t):
+                buffers.append(strdup(t)); lengths.append(0); formats.append(0)
+            case .integer(let n):
+                buffers.append(strdup(String(n))); lengths.append(0); formats.append(0)
+            case .blob(let b):
+                let memory = malloc(max(b.count, 1))!.assumingMemoryBound(to: CChar.self)
+                b.withUnsafeBytes { raw in if let base = raw.baseAddress { memcpy(memory, base, b.count) } }
+                buffers.append(memory); lengths.append(Int32(b.count)); formats.append(1)
+            }
+        }
+    }
+
+    var pointers: [UnsafePointer<CChar>?] { buffers.map { $0.map { UnsafePointer($0) } } }
+
+    func free() { buffers.forEach { Foundation.free($0) } }
 }
 
 /// The project's SQL (written with `?` and SQLite's `INSERT OR IGNORE`) in PostgreSQL's dialect.
