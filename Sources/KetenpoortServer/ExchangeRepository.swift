@@ -108,15 +108,33 @@ final class ExchangeRepository: @unchecked Sendable {
         ALTER TABLE idempotency ADD COLUMN claimed_at TEXT;
         """
 
-    init(location: DatabaseLocation) throws {
+    /// Readiness: `/health` reports `database: false` while the database cannot be reached.
+    private let health: HealthRegistry?
+    private var reachable = true
+    static let healthCheck = "database"
+
+    init(location: DatabaseLocation, health: HealthRegistry? = nil) throws {
         database = try location.connect()
+        self.health = health
+        health?.set(ExchangeRepository.healthCheck, ready: true)
     }
 
     /// Runs `body` with the connection, one caller at a time.
     func with<T>(_ body: (SQLDatabase) throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
-        return try body(database)
+        do {
+            let result = try body(database)
+            if !reachable {
+                reachable = true
+                health?.set(ExchangeRepository.healthCheck, ready: true)
+            }
+            return result
+        } catch let error as KetenpoortError where error.code == .storageUnavailable {
+            reachable = false
+            health?.set(ExchangeRepository.healthCheck, ready: false)
+            throw error
+        }
     }
 
     // MARK: side writes (same transaction as the log entry)

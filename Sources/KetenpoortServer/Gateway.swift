@@ -48,7 +48,7 @@ public enum Gateway {
         }
         let repository: ExchangeRepository
         do {
-            repository = try ExchangeRepository(location: database)
+            repository = try ExchangeRepository(location: database, health: health)
         } catch let error as KetenpoortError {
             audit.close()
             throw KetenpoortError(.configuration, "the exchange tables in `\(database.description)` cannot be opened: \(error.message)")

@@ -1,4 +1,5 @@
 import KetenpoortCore
+import KetenpoortStore
 import KetenpoortTLS
 import NIOCore
 import NIOHTTP1
@@ -132,6 +133,16 @@ public struct GatewayResponse: Sendable {
 
     /// The problem for a ``KetenpoortError`` raised while handling a request.
     public static func problem(for error: KetenpoortError, route: String) -> GatewayResponse {
+        // Storage failures are told as what the caller can do about them; the database's own
+        // message (which names tables and servers) goes to the operator's log, not to partners.
+        switch error.code {
+        case .storageUnavailable:
+            return problem(.serviceUnavailable, code: .serviceUnavailable, title: "Service unavailable", detail: "the gateway's database cannot be reached; retry later", route: route)
+        case .storage, .storageCorrupt, .storageConstraint:
+            return problem(.internalServerError, code: .internalError, title: "Internal error", detail: "the request failed", route: route)
+        default:
+            break
+        }
         let (status, title) = problemStatus(for: error.code)
         return problem(status, code: error.code, title: title, detail: error.message, route: route)
     }

@@ -168,6 +168,38 @@ struct PostgresBackendTests {
         #expect(verified.stdout.contains("100 entries verified"), "\(verified.stdout)")
     }
 
+    @Test("PostgreSQL down: exchanges are refused with 503 and /health is not ready (fail closed); back up: the gateway reconnects and serves again")
+    func databaseDownFailsClosed() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let (gateway, other, _) = try startPair(server, database: "outage")
+        other.stop()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consents(team)
+        let body = ExchangeTests.exchangeBody(consents: ids)
+        #expect(try await post(team, "/v1/exchanges", body).status == 201)
+
+        server.stop(keepingData: true)
+        for _ in 0..<2 {
+            let refused = try await post(team, "/v1/exchanges", body)
+            #expect(refused.status == 503, "\(refused.body)")
+            #expect(["audit_unavailable", "service_unavailable"].contains(refused.json?["code"]?.stringValue ?? ""), "\(refused.body)")
+            #expect(!refused.body.contains("postgresql error") && !refused.body.contains("127.0.0.1"), "no database internals to partners: \(refused.body)")
+        }
+        let health = try operationsGet(port: gateway.operationsPort, path: "/health")
+        #expect(health.status == 503, "\(health.body)")
+
+        try server.start()
+        var recovered = false
+        for _ in 0..<50 where !recovered {
+            if let r = try? await post(team, "/v1/exchanges", body), r.status == 201 { recovered = true } else { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        #expect(recovered)
+        #expect(try operationsGet(port: gateway.operationsPort, path: "/health").status == 200)
+        await team.close()
+    }
+
     /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
     func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
         let directory = temporaryDirectory("ketenpoort-refused")

@@ -48,6 +48,20 @@ final class PostgresServer: @unchecked Sendable {
         let initdb = try run(
             "initdb", ["-D", data, "-U", "ketenpoort", "--auth=scram-sha-256", "--pwfile=\(serverPasswordFile)", "--no-sync", "-E", "UTF8", "--locale=C"])
         guard initdb.status == 0 else { throw GatewayProcessError(message: "initdb failed: \(initdb.stderr)") }
+        self.data = data
+        self.sockets = sockets
+        self.bin = bin
+        self.asRoot = asRoot
+        try start()
+    }
+
+    private let data: String
+    private let sockets: String
+    private let bin: String
+    private let asRoot: Bool
+
+    /// Starts the server on the cluster and port of this instance (again after `stop(keepingData:)`).
+    func start() throws {
         // The server runs as a child of the test (not daemonised by pg_ctl: a daemon would keep
         // the test's process-watching descriptors open); `setpriv` execs it under the unprivileged
         // user, so the child's PID is the postmaster's.
@@ -80,7 +94,7 @@ final class PostgresServer: @unchecked Sendable {
             }
             guard postgres.isRunning, Date() < deadline else {
                 let text = (try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? ""
-                stop()
+                stop(keepingData: true)
                 throw GatewayProcessError(message: "PostgreSQL did not start: \(text.suffix(2_000))")
             }
             usleep(100_000)
@@ -100,8 +114,10 @@ final class PostgresServer: @unchecked Sendable {
         return url(name)
     }
 
-    /// Fast shutdown by PID (SIGINT), waiting until the postmaster is gone.
-    func stop() {
+    /// Fast shutdown by PID (SIGINT), waiting until the postmaster is gone; the cluster's files
+    /// are removed unless kept for a restart.
+    func stop(keepingData: Bool = false) {
+        defer { if !keepingData { try? FileManager.default.removeItem(atPath: directory) } }
         guard pid > 0 else { return }
         kill(pid, SIGINT)
         let deadline = Date().addingTimeInterval(30)
@@ -111,7 +127,6 @@ final class PostgresServer: @unchecked Sendable {
             process?.waitUntilExit()
         }
         pid = 0
-        try? FileManager.default.removeItem(atPath: directory)
     }
 
     deinit { stop() }
