@@ -54,9 +54,11 @@ def rss_kib(pid):
     return 0
 
 
-def start_gateway(binary, work, pki, smoke):
+def start_gateway(binary, work, pki, smoke, name="gateway", database=None, password_file=None, pin=True):
+    """A gateway on free ports with the bench master key; `database` defaults to WORK/bench.db
+    (a postgresql:// URL needs `password_file`)."""
     port, ops = free_port(), free_port()
-    config = os.path.join(work, "gateway.yaml")
+    config = os.path.join(work, f"{name}.yaml")
     keys = os.path.join(work, "master.key")
     if not os.path.exists(keys):
         subprocess.run([binary, "keys", "init", keys], check=True, stdout=subprocess.DEVNULL)
@@ -71,14 +73,21 @@ tls:
   client_ca: {pki}/ca.crt
   crl: {pki}/crl.pem
 policies: {ROOT}/Policies
-database: {work}/bench.db
+database: {database or work + "/bench.db"}
+{"database_password_file: " + password_file if password_file else ""}
 keys: {keys}
 limits:
   max_connections: 20000
   idle_timeout_seconds: 600
 """)
-    proc = subprocess.Popen(pinned(0, [binary, "serve", "--config", config], smoke), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    wait_ready(proc)
+    argv = [binary, "serve", "--config", config]
+    # Standard error to a file: a pipe nobody reads would stall a gateway that logs.
+    log_path = os.path.join(work, f"{name}.log")
+    proc = subprocess.Popen(pinned(0, argv, smoke) if pin else argv, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
+    try:
+        wait_ready(proc)
+    except SystemExit:
+        raise SystemExit(f"gateway {name} did not start: {open(log_path).read().strip()[-2000:]}")
     return proc, port
 
 

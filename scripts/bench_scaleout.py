@@ -65,32 +65,7 @@ def start_postgres(work):
 
 
 def start_gateway(binary, work, pki, name, database, password_file):
-    port, ops = common.free_port(), common.free_port()
-    config = os.path.join(work, f"{name}.yaml")
-    with open(config, "w") as f:
-        f.write(f"""listen: 127.0.0.1:{port}
-ops_listen: 127.0.0.1:{ops}
-event_loop_threads: 1
-log_level: warning
-tls:
-  certificate: {pki}/gateway/server.crt
-  key: {pki}/gateway/server.key
-  client_ca: {pki}/ca.crt
-  crl: {pki}/crl.pem
-policies: {ROOT}/Policies
-database: {database}
-{"database_password_file: " + password_file if password_file else ""}
-keys: {work}/master.key
-limits:
-  max_connections: 20000
-  idle_timeout_seconds: 600
-""")
-    proc = subprocess.Popen([binary, "serve", "--config", config], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        common.wait_ready(proc)
-    except SystemExit:
-        raise SystemExit(f"gateway {name} did not start: {proc.stderr.read()}")
-    return proc, port
+    return common.start_gateway(binary, work, pki, True, name=name, database=database, password_file=password_file, pin=False)
 
 
 def exchange_body(port, pki):
@@ -145,7 +120,6 @@ def main():
     os.chmod(work, 0o755)
     pki = os.path.join(work, "pki")
     subprocess.run([binary, "pki", "init", pki, "--partners", os.path.join(ROOT, "Policies/partners.yaml")], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([binary, "keys", "init", os.path.join(work, "master.key")], check=True, stdout=subprocess.DEVNULL)
     postgres, pg_port, password_file = start_postgres(work)
     url = lambda db: f"postgresql://ketenpoort@127.0.0.1:{pg_port}/{db}?sslmode=disable"
     gateways = []

@@ -43,6 +43,17 @@ public enum SQLValue: Sendable {
     case blob([UInt8])
     case null
     case sequence
+
+    /// The value bound, `.sequence` being the entry's number.
+    func parameter(sequence: Int64) -> SQLParameter {
+        switch self {
+        case .text(let t): return .text(t)
+        case .integer(let n): return .integer(n)
+        case .blob(let b): return .blob(b)
+        case .null: return .null
+        case .sequence: return .integer(sequence)
+        }
+    }
 }
 
 /// One statement run in the same transaction as an entry. The SQL is fixed by the caller's code,

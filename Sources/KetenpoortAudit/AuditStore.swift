@@ -113,6 +113,33 @@ public struct AuditQuery: Sendable {
     /// Only entries after this sequence (a page cursor).
     public var afterSequence: Int64?
     public init() {}
+
+    /// The WHERE conditions (combined with AND) over `audit_entries e` and their bound values, in
+    /// order. `member` writes the backend's expression for a path into the entry's JSON body.
+    func conditions(member: (_ path: [String]) -> String) -> (conditions: [String], values: [String]) {
+        var conditions: [String] = []
+        var values: [String] = []
+        if let subjects {
+            let marks = Array(repeating: "?", count: max(subjects.count, 1)).joined(separator: ", ")
+            conditions.append("e.sequence IN (SELECT sequence FROM audit_subjects WHERE pseudonym IN (\(marks)))")
+            values += subjects.isEmpty ? [""] : subjects
+        }
+        func add(_ sql: String, _ value: String?) {
+            guard let value else { return }
+            conditions.append(sql)
+            values.append(value)
+        }
+        add("e.time >= ?", from)
+        add("e.time < ?", until)
+        add("e.kind = ?", kind)
+        add("\(member(["caseTable"])) = ?", caseTable)
+        add("\(member(["sender"])) = ?", sender)
+        add("\(member(["recipient"])) = ?", recipient)
+        add("\(member(["purpose"])) = ?", purpose)
+        add("\(member(["decision"])) = ?", decision)
+        add("\(member(["basis", "type"])) = ?", basisType)
+        return (conditions, values)
+    }
 }
 
 /// Where the audit log lives. SQLite is the embedded backend; PostgreSQL (several gateways)
@@ -387,19 +414,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                     }
                 }
                 for (write, sequence) in batch.sideWrites {
-                    let statement = try lookup(write.sql)
-                    for (index, value) in write.values.enumerated() {
-                        let i = Int32(index + 1)
-                        switch value {
-                        case .text(let t): statement.bind(i, t)
-                        case .integer(let n): statement.bind(i, n)
-                        case .blob(let b): statement.bind(i, b)
-                        case .null: statement.bind(i, nil as String?)
-                        case .sequence: statement.bind(i, sequence)
-                        }
-                    }
-                    try statement.step()
-                    statement.reset()
+                    try database.rows(write.sql, write.values.map { $0.parameter(sequence: sequence) })
                 }
                 if let c = batch.checkpoint {
                     let insert = try database.prepare("INSERT OR IGNORE INTO audit_checkpoints (tree_size, time, root_hash, note) VALUES (?, ?, ?, ?)")
@@ -432,29 +447,9 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     }
 
     public func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws {
-        var conditions: [String] = []
-        var binds: [String] = []
-        func add(_ sql: String, _ value: String?) {
-            guard let value else { return }
-            conditions.append(sql)
-            binds.append(value)
-        }
+        var (conditions, binds) = query.conditions { path in "json_extract(e.body, '$.\(path.joined(separator: "."))')" }
         if let after = query.afterSequence { conditions.append("e.sequence > \(after)") }
-        add("e.time >= ?", query.from)
-        add("e.time < ?", query.until)
-        add("e.kind = ?", query.kind)
-        add("json_extract(e.body, '$.caseTable') = ?", query.caseTable)
-        add("json_extract(e.body, '$.sender') = ?", query.sender)
-        add("json_extract(e.body, '$.recipient') = ?", query.recipient)
-        add("json_extract(e.body, '$.purpose') = ?", query.purpose)
-        add("json_extract(e.body, '$.decision') = ?", query.decision)
-        add("json_extract(e.body, '$.basis.type') = ?", query.basisType)
         var sql = "SELECT e.sequence, e.time, e.kind, e.body, e.leaf_hash, e.erased_at FROM audit_entries e"
-        if let subjects = query.subjects {
-            let marks = Array(repeating: "?", count: max(subjects.count, 1)).joined(separator: ", ")
-            conditions.insert("e.sequence IN (SELECT sequence FROM audit_subjects WHERE pseudonym IN (\(marks)))", at: 0)
-            binds.insert(contentsOf: subjects.isEmpty ? [""] : subjects, at: 0)
-        }
         if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
         sql += " ORDER BY e.sequence"
         if let limit = query.limit { sql += " LIMIT \(max(0, limit))" }

@@ -148,19 +148,7 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
                     "audit_texts (hash, sequence, sealed)", width: 3, batch.texts.map { [.blob($0.hash), .integer($0.sequence), .blob($0.sealed)] },
                     ignoringDuplicates: true)
                 for (write, sequence) in batch.sideWrites {
-                    statements.append(
-                        (
-                            write.sql,
-                            write.values.map { value -> SQLParameter in
-                                switch value {
-                                case .text(let t): return .text(t)
-                                case .integer(let n): return .integer(n)
-                                case .blob(let b): return .blob(b)
-                                case .null: return .null
-                                case .sequence: return .integer(sequence)
-                                }
-                            }
-                        ))
+                    statements.append((write.sql, write.values.map { $0.parameter(sequence: sequence) }))
                 }
                 if let c = batch.checkpoint {
                     statements.append(
@@ -206,27 +194,10 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
     }
 
     public func entries(matching query: AuditQuery, _ each: (StoredEntry) throws -> Bool) throws {
-        var conditions: [String] = []
-        var binds: [SQLParameter] = []
-        func add(_ sql: String, _ value: String?) {
-            guard let value else { return }
-            conditions.append(sql)
-            binds.append(.text(value))
+        let (conditions, values) = query.conditions { path in
+            path.count == 1 ? "(e.body::jsonb)->>'\(path[0])'" : "(e.body::jsonb)#>>'{\(path.joined(separator: ","))}'"
         }
-        add("e.time >= ?", query.from)
-        add("e.time < ?", query.until)
-        add("e.kind = ?", query.kind)
-        add("(e.body::jsonb)->>'caseTable' = ?", query.caseTable)
-        add("(e.body::jsonb)->>'sender' = ?", query.sender)
-        add("(e.body::jsonb)->>'recipient' = ?", query.recipient)
-        add("(e.body::jsonb)->>'purpose' = ?", query.purpose)
-        add("(e.body::jsonb)->>'decision' = ?", query.decision)
-        add("(e.body::jsonb)#>>'{basis,type}' = ?", query.basisType)
-        if let subjects = query.subjects {
-            let marks = Array(repeating: "?", count: max(subjects.count, 1)).joined(separator: ", ")
-            conditions.insert("e.sequence IN (SELECT sequence FROM audit_subjects WHERE pseudonym IN (\(marks)))", at: 0)
-            binds.insert(contentsOf: (subjects.isEmpty ? [""] : subjects).map { .text($0) }, at: 0)
-        }
+        let binds = values.map { SQLParameter.text($0) }
         // Pages by sequence: a large log is never held in memory at once.
         var after = query.afterSequence ?? 0
         var remaining = query.limit.map { max(0, $0) } ?? Int.max
