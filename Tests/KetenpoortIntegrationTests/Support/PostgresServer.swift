@@ -76,10 +76,13 @@ final class PostgresServer: @unchecked Sendable {
             postgres.executableURL = URL(fileURLWithPath: "\(bin)/postgres")
             postgres.arguments = serverArguments
         }
-        let log = FileHandle(forWritingAtPath: directory + "/server.log") ?? {
-            FileManager.default.createFile(atPath: directory + "/server.log", contents: nil)
-            return FileHandle(forWritingAtPath: directory + "/server.log")!
-        }()
+        if !FileManager.default.fileExists(atPath: directory + "/server.log") {
+            _ = FileManager.default.createFile(atPath: directory + "/server.log", contents: nil)
+        }
+        guard let log = FileHandle(forWritingAtPath: directory + "/server.log") else {
+            throw GatewayProcessError(message: "the server log cannot be written in \(directory)")
+        }
+        log.seekToEndOfFile()
         postgres.standardOutput = log
         postgres.standardError = log
         postgres.standardInput = FileHandle.nullDevice
