@@ -94,6 +94,9 @@ def main():
                      exchange[:-4] + ["--duration", str(seconds), "--rate", str(half), "--expect-status", "201"])
         if paced["errors"]:
             raise SystemExit(f"paced: errors {paced['errors']}")
+        # The reference at the same paced rate: nginx's tail shows this machine's own floor
+        # (scheduling hiccups of the virtual machine and the load generator).
+        paced_nginx = load(binary, nport, pki, "jgz-zhz", args.smoke, nworker, static[:-2] + ["--duration", str(seconds), "--rate", str(half)])
     finally:
         gateway.send_signal(signal.SIGTERM)
         nginx.send_signal(signal.SIGQUIT)
@@ -109,12 +112,13 @@ def main():
         print(f"{label:44} {statistics.median(r['requests_per_second'] for r in rs):10.1f}   p50 {statistics.median(r['latency_p50_ms'] for r in rs):7.3f} ms"
               f"   p99 {statistics.median(r['latency_p99_ms'] for r in rs):7.3f} ms   CPU {statistics.median(r.get('server_cpu_us_per_request', 0) for r in rs):7.1f} µs/req")
     print(f"{'ratio':44} {ours / max(theirs, 1e-9):10.3f}   (goal >= 0.5)")
-    print(f"at half that load ({half:.0f}/s): p50 {paced['latency_p50_ms']:.3f} ms, p99 {paced['latency_p99_ms']:.3f} ms   (goal p99 <= 10 ms)")
+    print(f"at half that load ({half:.0f}/s): p50 {paced['latency_p50_ms']:.3f} ms, p99 {paced['latency_p99_ms']:.3f} ms, p99.9 {paced.get('latency_p999_ms', 0):.3f} ms   (goal p99 <= 10 ms)")
+    print(f"nginx at the same rate:        p50 {paced_nginx['latency_p50_ms']:.3f} ms, p99 {paced_nginx['latency_p99_ms']:.3f} ms, p99.9 {paced_nginx.get('latency_p999_ms', 0):.3f} ms   (the machine's floor)")
     print(f"log: {verify.stdout.strip().splitlines()[0] if verify.stdout else verify.stderr.strip()}")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "exchanges-smoke.json" if args.smoke else "exchanges.json")
     with open(out, "w") as f:
-        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced,
+        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced, "half_load_nginx": paced_nginx,
                    "body_bytes": size, "cpu_steal_percent": round(steal, 1), "machine": common.machine()}, f, indent=2)
     print(f"written {out}")
     if verify.returncode != 0:
