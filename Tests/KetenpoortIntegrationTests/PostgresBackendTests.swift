@@ -200,6 +200,66 @@ struct PostgresBackendTests {
         await team.close()
     }
 
+    @Test("push delivery by two instances on one database: every item reaches the partner's endpoint once, then counts as acknowledged")
+    func pushOnceFromTwoInstances() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let push = PushDeliveryTests()
+        let port = try push.freePort()
+        let received = temporaryDirectory("ketenpoort-push-pair") + "/received.jsonl"
+        // A slow partner (0.1 s an answer, several at once): the instances' push rounds overlap,
+        // so only the claim keeps them from pushing the same items.
+        let receiver = try push.startReceiver(port: port, out: received, delay: 0.1)
+        defer {
+            kill(receiver.processIdentifier, SIGKILL)
+            receiver.waitUntilExit()
+        }
+        let clientTLS = "client_tls:\n  certificate: \(PKIFixture.path("gateway/client.crt"))\n  key: \(PKIFixture.path("gateway/client.key"))"
+        let (a, b, _) = try startPair(
+            server, database: "pushpair", extra: clientTLS, policies: try push.policies(endpoint: "https://localhost:\(port)/ketenpoort/inbox"))
+        defer {
+            a.stop()
+            b.stop()
+        }
+        let body = """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "zorgen", "professional": "wt-1",
+                       "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+             "subjects": [{"bsn": "999990019", "role": "child", "age": 9}], "data": {"identity": {"bsn": "999990019"}, "concern_signal": {"summary": "zorgen"}}}
+            """
+        var sent: [String] = []
+        for (i, gateway) in [a, b, a, b, a, b].enumerated() {
+            let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+            for _ in 0..<5 {
+                let r = try await post(team, "/v1/exchanges", body)
+                #expect(r.status == 201, "\(i): \(r.body)")
+                if let id = r.json?["exchangeId"]?.stringValue { sent.append(id) }
+            }
+            await team.close()
+        }
+        #expect(sent.count == 30)
+        // Both instances' push loops run (every 0.5 s); wait for all items to land.
+        var lines: [String] = []
+        for _ in 0..<150 {
+            lines = ((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            if lines.count >= sent.count { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await Task.sleep(for: .seconds(3))  // a second push of any item would arrive by now
+        lines = ((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        let pushed = lines.compactMap { line -> String? in
+            guard let value = try? JSONParser.parse(line) else { return nil }
+            return value["body"]?["exchangeId"]?.stringValue
+        }
+        #expect(pushed.count == sent.count, "each item pushed exactly once: \(pushed.count) pushes for \(sent.count) exchanges")
+        #expect(Set(pushed) == Set(sent))
+        let team = try await TestHTTPSClient.connect(port: b.port, cert: wijkteam.cert, key: wijkteam.key)
+        for id in sent.prefix(5) {
+            #expect(try await team.request("/v1/exchanges/\(id)").json?["delivery"]?["state"]?.stringValue == "acknowledged")
+        }
+        await team.close()
+    }
+
     /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
     func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
         let directory = temporaryDirectory("ketenpoort-refused")
@@ -221,7 +281,7 @@ struct PostgresBackendTests {
     }
 
     /// Two gateway processes on one PostgreSQL database with the same master key.
-    func startPair(_ server: PostgresServer, database: String) throws -> (GatewayProcess, GatewayProcess, String) {
+    func startPair(_ server: PostgresServer, database: String, extra: String = "", policies: String? = nil) throws -> (GatewayProcess, GatewayProcess, String) {
         let url = try server.createDatabase(database)
         let shared = temporaryDirectory("ketenpoort-pair")
         try MasterKeyFile.create(path: shared + "/keys")
@@ -234,7 +294,7 @@ struct PostgresBackendTests {
                 ops_listen: 127.0.0.1:0
                 event_loop_threads: 1
                 log_level: notice
-                policies: \(packageRoot)/Policies
+                policies: \(policies ?? packageRoot + "/Policies")
                 database: \(url)
                 database_password_file: \(server.passwordFile)
                 keys: \(shared)/keys
@@ -244,6 +304,7 @@ struct PostgresBackendTests {
                   certificate: \(PKIFixture.path("gateway/server.crt"))
                   key: \(PKIFixture.path("gateway/server.key"))
                   client_ca: \(PKIFixture.path("ca.crt"))
+                \(extra)
                 """, to: configPath)
             gateways.append(try GatewayProcess(directory: shared, configPath: configPath, arguments: ["serve", "--config", configPath]))
         }

@@ -27,12 +27,12 @@ struct PushDeliveryTests {
         return dir
     }
 
-    func startReceiver(port: Int, out: String, failures: Int = 0) throws -> Process {
+    func startReceiver(port: Int, out: String, failures: Int = 0, delay: Double = 0) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = [
             packageRoot + "/scripts/push_receiver.py", String(port), PKIFixture.path("gateway/server.crt"), PKIFixture.path("gateway/server.key"),
-            PKIFixture.path("ca.crt"), out, String(failures),
+            PKIFixture.path("ca.crt"), out, String(failures), String(delay),
         ]
         let pipe = Pipe()
         process.standardOutput = pipe
