@@ -113,6 +113,12 @@ final class ExchangeRepository: @unchecked Sendable {
     private var reachable = true
     static let healthCheck = "database"
 
+    /// Version 3: unacknowledged items by recipient, for the backlog gauges (a partial index: it
+    /// stays as small as the backlog, however many items were acknowledged).
+    static let schemaV3 = """
+        CREATE INDEX IF NOT EXISTS inbox_unacknowledged ON inbox (recipient, delivered_at) WHERE acknowledged_at IS NULL;
+        """
+
     init(location: DatabaseLocation, health: HealthRegistry? = nil) throws {
         database = try location.connect()
         self.health = health
@@ -401,6 +407,15 @@ final class ExchangeRepository: @unchecked Sendable {
             return InboxRow(
                 id: r.int64(0), exchangeID: r.string(1) ?? "", sealed: nil, deliveredAt: r.string(2) ?? "", acknowledgedAt: r.string(3), pushedAt: r.string(4),
                 pushAttempts: Int(r.int64(5)))
+        }
+    }
+
+    /// Unacknowledged items per recipient: count and the oldest delivery time.
+    func backlog() throws -> [(recipient: String, items: Int, oldest: String)] {
+        try with { db in
+            try db.rows("SELECT recipient, count(*), min(delivered_at) FROM inbox WHERE acknowledged_at IS NULL GROUP BY recipient", []).map {
+                ($0.string(0) ?? "", Int($0.int64(1)), $0.string(2) ?? "")
+            }
         }
     }
 

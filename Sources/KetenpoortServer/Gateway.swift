@@ -1,10 +1,12 @@
 import Foundation
+import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortPolicy
 import KetenpoortStore
 import KetenpoortTLS
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Wires a configuration into a running gateway: snapshot, application, server, service.
 /// The executable only calls this.
@@ -76,12 +78,33 @@ public enum Gateway {
             throw error
         }
         var background: [@Sendable () async -> Void] = []
+        // The inbox backlog per partner, for alerts on items nobody collects: read when scraped,
+        // at most every 5 s (an indexed query over unacknowledged items only).
+        let lastBacklog = Mutex<Date>(.distantPast)
+        metrics.onScrape {
+            let now = Date()
+            guard lastBacklog.withLock({ last in
+                guard now.timeIntervalSince(last) >= 5 else { return false }
+                last = now
+                return true
+            }), let rows = try? repository.backlog() else { return }
+            var seen = Set<String>()
+            for row in rows {
+                seen.insert(row.recipient)
+                let oldest = AuditClock.parse(row.oldest).map { now.timeIntervalSince($0) } ?? 0
+                metrics.inboxBacklog(partner: row.recipient, items: row.items, oldestSeconds: max(0, oldest))
+            }
+            for partner in state.snapshot.registry.partners.map(\.id) where !seen.contains(partner) {
+                metrics.inboxBacklog(partner: partner, items: 0, oldestSeconds: 0)
+            }
+        }
         if let certificate = configuration.clientCertificatePath, let key = configuration.clientPrivateKeyPath {
             // Push delivery to partners with a `delivery_endpoint`, with the gateway's client certificate;
             // the partners' servers are trusted through the same CA bundle as their clients.
             let context: TLSContext
             do {
                 context = try TLSContext(configuration: .client(certificateChainPath: certificate, privateKeyPath: key, trustRootsPath: configuration.clientCAPath))
+                metrics.certificateExpires("client", at: context.certificate?.notAfter)
             } catch {
                 audit.close()
                 throw error

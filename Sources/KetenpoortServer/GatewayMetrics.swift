@@ -21,6 +21,12 @@ public final class GatewayMetrics: Sendable {
     public let policyReloadsFailed: Metrics.Counter
     public let auditEntries: Metrics.Counter
     public let auditWriteFailures: Metrics.Counter
+    private let certificateExpiry = Mutex<[String: Metrics.Gauge]>([:])
+    private let inboxGauges = Mutex<[String: (items: Metrics.Gauge, oldest: Metrics.Gauge)]>([:])
+    /// Gauges read from elsewhere (the inbox backlog) are brought up to date when scraped.
+    private let scrapeHooks = Mutex<[@Sendable () -> Void]>([])
+
+    public func onScrape(_ hook: @escaping @Sendable () -> Void) { scrapeHooks.withLock { $0.append(hook) } }
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -58,6 +64,37 @@ public final class GatewayMetrics: Sendable {
         return counter
     }
 
+    /// When a certificate the gateway presents ends (`server`, `client`): alert before it does.
+    public func certificateExpires(_ which: String, at notAfter: Double?) {
+        guard let notAfter else { return }
+        let gauge = certificateExpiry.withLock { gauges in
+            if let g = gauges[which] { return g }
+            let g = Metrics.Gauge(label: "ketenpoort_certificate_expiry_timestamp_seconds", dimensions: [("certificate", which)], factory: factory)
+            gauges[which] = g
+            return g
+        }
+        gauge.record(notAfter)
+    }
+
+    /// Unacknowledged inbox items per partner (a partner id from partners.yaml, never personal
+    /// data) and the age of the oldest.
+    public func inboxBacklog(partner: String, items: Int, oldestSeconds: Double) {
+        let gauges = inboxGauges.withLock { all in
+            if let g = all[partner] { return g }
+            let g = (
+                items: Metrics.Gauge(label: "ketenpoort_inbox_unacknowledged_items", dimensions: [("partner", partner)], factory: factory),
+                oldest: Metrics.Gauge(label: "ketenpoort_inbox_oldest_unacknowledged_seconds", dimensions: [("partner", partner)], factory: factory)
+            )
+            all[partner] = g
+            return g
+        }
+        gauges.items.record(items)
+        gauges.oldest.record(oldestSeconds)
+    }
+
     /// The Prometheus text exposition.
-    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+    public func exposition() -> [UInt8] {
+        for hook in scrapeHooks.withLock({ $0 }) { hook() }
+        return registry.emitToBuffer()
+    }
 }

@@ -22,6 +22,9 @@ public enum GatewaySchema {
         SchemaMigration(version: 2, description: "idempotency keys claimed in the database (shared by gateway instances)") { db in
             try db.execute(ExchangeRepository.schemaV2)
         },
+        SchemaMigration(version: 3, description: "index of unacknowledged inbox items (the backlog metrics)") { db in
+            try db.execute(ExchangeRepository.schemaV3)
+        },
     ]
 
     public static var latest: Int { migrations.map(\.version).max() ?? 0 }

@@ -72,7 +72,9 @@ public final class GatewayServer: Sendable {
         self.logger = logger
         self.responder = responder
         self.reloadSnapshot = reloadSnapshot
-        self.tls = TLSContextBox(try TLSContext(configuration: configuration.serverTLS))
+        let context = try TLSContext(configuration: configuration.serverTLS)
+        self.tls = TLSContextBox(context)
+        metrics.certificateExpires("server", at: context.certificate?.notAfter)
         let threads = configuration.eventLoopThreads > 0 ? configuration.eventLoopThreads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     }
@@ -184,6 +186,7 @@ public final class GatewayServer: Sendable {
             let context = try TLSContext(configuration: configuration.serverTLS)
             tls.replace(with: context)
             metrics.tlsReloadsSucceeded.increment()
+            metrics.certificateExpires("server", at: context.certificate?.notAfter)
             logger.notice("tls context reloaded", metadata: ["tls.certificate.sha256": "\(context.certificate?.fingerprintSHA256 ?? "")"])
         } catch {
             metrics.tlsReloadsFailed.increment()

@@ -199,12 +199,20 @@ public struct CertificateInfo: Sendable, Hashable {
     public let organization: String?
     /// SHA-256 over the DER certificate, lowercase hex.
     public let fingerprintSHA256: String
+    /// The end of the certificate's validity (seconds since 1970, UTC); `nil` if unreadable.
+    public let notAfter: Double?
 
     init(x509: OpaquePointer) {
         let name = X509_get_subject_name(x509)
         subjectSerialNumber = CertificateInfo.attribute(name, NID_serialNumber)
         commonName = CertificateInfo.attribute(name, NID_commonName)
         organization = CertificateInfo.attribute(name, NID_organizationName)
+        var parts = tm()
+        if let end = X509_get0_notAfter(x509), ASN1_TIME_to_tm(end, &parts) == 1 {
+            notAfter = Double(timegm(&parts))
+        } else {
+            notAfter = nil
+        }
         var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         if X509_digest(x509, EVP_sha256(), &digest, &length) == 1 {

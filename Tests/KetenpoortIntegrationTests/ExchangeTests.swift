@@ -124,6 +124,36 @@ struct ExchangeTests {
         }
     }
 
+    @Test("metrics: the inbox backlog per partner (items and the oldest's age) and the server certificate's expiry, labels from partners.yaml only")
+    func backlogAndCertificateMetrics() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        func gauge(_ text: String, _ series: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        #expect(try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids)).status == 201)
+        await team.close()
+        let metrics = try operationsGet(port: gateway.operationsPort, path: "/metrics").body
+        #expect(gauge(metrics, #"ketenpoort_inbox_unacknowledged_items{partner="veilig-thuis-zhz"}"#) == 1, "\(metrics)")
+        #expect(gauge(metrics, #"ketenpoort_inbox_unacknowledged_items{partner="jgz-zhz"}"#) == 0)
+        let age = try #require(gauge(metrics, #"ketenpoort_inbox_oldest_unacknowledged_seconds{partner="veilig-thuis-zhz"}"#))
+        #expect(age >= 0 && age < 60)
+        let expiry = try #require(gauge(metrics, #"ketenpoort_certificate_expiry_timestamp_seconds{certificate="server"}"#))
+        #expect(expiry > Date().timeIntervalSince1970 && expiry < Date().timeIntervalSince1970 + 20 * 365 * 86400)
+        #expect(!metrics.contains(Self.child), "no BSN in a label")
+
+        // Acknowledged: the backlog is empty at the next reading (at most every 5 s).
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        let item = try #require(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.first?["id"]?.stringValue)
+        #expect(try await vtClient.request("/v1/inbox/\(item)/ack", method: .POST).status == 200)
+        await vtClient.close()
+        try await Task.sleep(for: .seconds(5.2))
+        let after = try operationsGet(port: gateway.operationsPort, path: "/metrics").body
+        #expect(gauge(after, #"ketenpoort_inbox_unacknowledged_items{partner="veilig-thuis-zhz"}"#) == 0, "\(after)")
+    }
+
     @Test("Idempotency-Key: the same body replays the first answer; another body gets 409")
     func idempotency() async throws {
         let gateway = try GatewayProcess()
