@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Exchanges/s with one and with two gateway instances on one PostgreSQL database, against one
+"""Exchanges/s with one and with two gateway instances on one PostgreSQL database (and one over
+TLS with verify-full), against one
 gateway on SQLite: the same exchange (bench_exchanges.py's: consent basis, ~2 KB body, decided,
 logged durably, delivered to the sealed inbox), the same load generator (`ketenpoort bench`),
 16 connections in all, the same run, rounds alternating between the set-ups.
@@ -32,7 +33,7 @@ def as_server_user(argv):
     return (["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups"] + argv) if os.getuid() == 0 else argv
 
 
-def start_postgres(work):
+def start_postgres(work, pki):
     bin_dir = postgres_bin()
     pg = os.path.join(work, "pg")
     os.makedirs(os.path.join(pg, "run"))
@@ -47,10 +48,17 @@ def start_postgres(work):
         os.chown(os.path.join(pg, "password"), 0, 0)
     subprocess.run(as_server_user([f"{bin_dir}/initdb", "-D", f"{pg}/data", "-U", "ketenpoort", "--auth=scram-sha-256",
                                    f"--pwfile={pg}/server-password", "-E", "UTF8", "--locale=C"]), check=True, stdout=subprocess.DEVNULL)
+    # TLS for the set-up that uses it (the bench PKI's server certificate: localhost, 127.0.0.1).
+    for name in ("server.crt", "server.key"):
+        shutil.copy(f"{pki}/gateway/{name}", f"{pg}/data/{name}")
+    os.chmod(f"{pg}/data/server.key", 0o600)
+    if os.getuid() == 0:
+        subprocess.run(["chown", "postgres:postgres", f"{pg}/data/server.crt", f"{pg}/data/server.key"], check=True)
     port = common.free_port()
     log = open(os.path.join(work, "postgres.log"), "w")
     proc = subprocess.Popen(as_server_user([f"{bin_dir}/postgres", "-D", f"{pg}/data", "-p", str(port), "-k", f"{pg}/run",
-                                            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=60"]), stdout=log, stderr=log)
+                                            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=60",
+                                            "-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"]), stdout=log, stderr=log)
     common.wait_port(port, timeout=60)
     env = dict(os.environ, PGPASSWORD=password)
     for _ in range(100):
@@ -58,7 +66,7 @@ def start_postgres(work):
                           env=env, capture_output=True).returncode == 0:
             break
         time.sleep(0.1)
-    for db in ("one", "two"):
+    for db in ("one", "two", "tls"):
         subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "ketenpoort", "-d", "postgres", "-c", f"CREATE DATABASE {db}"],
                        env=env, check=True, capture_output=True)
     return proc, port, os.path.join(pg, "password")
@@ -120,16 +128,19 @@ def main():
     os.chmod(work, 0o755)
     pki = os.path.join(work, "pki")
     subprocess.run([binary, "pki", "init", pki, "--partners", os.path.join(ROOT, "Policies/partners.yaml")], check=True, stdout=subprocess.DEVNULL)
-    postgres, pg_port, password_file = start_postgres(work)
+    postgres, pg_port, password_file = start_postgres(work, pki)
     url = lambda db: f"postgresql://ketenpoort@127.0.0.1:{pg_port}/{db}?sslmode=disable"
+    tls_url = f"postgresql://ketenpoort@localhost:{pg_port}/tls?sslmode=verify-full&sslrootcert={pki}/ca.crt"
     gateways = []
     try:
         sqlite, sqlite_port = start_gateway(binary, work, pki, "sqlite", f"{work}/bench.db", None)
         pg_one, pg_one_port = start_gateway(binary, work, pki, "pg-one", url("one"), password_file)
         pg_a, pg_a_port = start_gateway(binary, work, pki, "pg-a", url("two"), password_file)
         pg_b, pg_b_port = start_gateway(binary, work, pki, "pg-b", url("two"), password_file)
-        gateways = [sqlite, pg_one, pg_a, pg_b]
-        setups = {"SQLite, one gateway": [sqlite_port], "PostgreSQL, one gateway": [pg_one_port], "PostgreSQL, two gateways": [pg_a_port, pg_b_port]}
+        pg_tls, pg_tls_port = start_gateway(binary, work, pki, "pg-tls", tls_url, password_file)
+        gateways = [sqlite, pg_one, pg_a, pg_b, pg_tls]
+        setups = {"SQLite, one gateway": [sqlite_port], "PostgreSQL, one gateway": [pg_one_port], "PostgreSQL, two gateways": [pg_a_port, pg_b_port],
+                  "PostgreSQL over TLS, one gateway": [pg_tls_port]}
         bodies = {}
         for name, ports in setups.items():
             path = os.path.join(work, f"body-{len(bodies)}.json")
@@ -152,13 +163,13 @@ def main():
                 g.kill()
     env = dict(os.environ, KETENPOORT_DATABASE_PASSWORD_FILE=password_file)
     verified = {}
-    for label, db in (("sqlite", f"{work}/bench.db"), ("one", url("one")), ("two", url("two"))):
+    for label, db in (("sqlite", f"{work}/bench.db"), ("one", url("one")), ("two", url("two")), ("tls", tls_url)):
         v = subprocess.run([binary, "log", "verify", "--db", db, "--keys", f"{work}/master.key"], capture_output=True, text=True, env=env)
         verified[label] = (v.returncode, (v.stdout or v.stderr).strip().splitlines()[0] if (v.stdout or v.stderr) else "")
     # Storage per log entry (an exchange is one entry plus its exchange row and inbox item).
     sizes = {}
     password = open(password_file).read().strip()
-    for label, db in (("one", "one"), ("two", "two")):
+    for label, db in (("one", "one"), ("two", "two"), ("tls", "tls")):
         q = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "ketenpoort", "-d", db, "-At", "-c",
                             "SELECT pg_database_size(current_database()), (SELECT count(*) FROM audit_entries)"],
                            env=dict(os.environ, PGPASSWORD=password), capture_output=True, text=True)
@@ -174,7 +185,7 @@ def main():
     for name in names:
         rs = results[name]
         rate = statistics.median(r["requests_per_second"] for r in rs)
-        print(f"{name:28} {rate:9.1f} exchanges/s   p50 {statistics.median(r['latency_p50_ms'] for r in rs):7.2f} ms"
+        print(f"{name:34} {rate:9.1f} exchanges/s   p50 {statistics.median(r['latency_p50_ms'] for r in rs):7.2f} ms"
               f"   p99 {statistics.median(r['latency_p99_ms'] for r in rs):7.2f} ms   ÷ SQLite {rate / max(base, 1e-9):5.2f}")
     for label, (code, line) in verified.items():
         print(f"log verify ({label}): exit {code}: {line}; {sizes[label]:.0f} bytes of database per entry")

@@ -260,6 +260,37 @@ struct PostgresBackendTests {
         await team.close()
     }
 
+    @Test("TLS to PostgreSQL through libpq and the system OpenSSL: verify-full against the CA works and is encrypted; no TLS, or an untrusted CA, is refused")
+    func tlsToDatabase() async throws {
+        let server = try PostgresServer(tls: true)
+        defer { server.stop() }
+        let url = try server.createDatabase("overtls")
+        let environment = ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile]
+        let migrated = try ketenpoort(["migrate", "--db", url], environment: environment)
+        #expect(migrated.status == 0, "\(migrated.stderr)")
+        let connection = try PostgresDatabase(settings: PostgresSettings(url: url, passwordFile: server.passwordFile))
+        let row = try #require(try connection.row("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", []))
+        #expect(row.string(0) == "t")
+        #expect(row.string(1)?.hasPrefix("TLSv1.") == true)
+
+        // The log over TLS: appended and verified.
+        let settings = PostgresSettings(url: url, passwordFile: server.passwordFile)
+        let keys = try Self.keys()
+        let log = try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer)
+        for i in 0..<20 { _ = try await log.append(AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])) }
+        log.close()
+        #expect(try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys).isValid)
+
+        // Without TLS the server refuses (pg_hba: hostssl only); with another root the client refuses.
+        let plain = url.replacingOccurrences(of: "sslmode=verify-full", with: "sslmode=disable")
+        let refused = try ketenpoort(["migrate", "--db", plain, "--status"], environment: environment)
+        #expect(refused.status == 2 && refused.stderr.contains("cannot be reached"), "\(refused.stderr)")
+        let otherRoot = url.replacingOccurrences(of: PKIFixture.path("ca.crt"), with: PKIFixture.path("gateway/server.crt"))
+        let untrusted = try ketenpoort(["migrate", "--db", otherRoot, "--status"], environment: environment)
+        #expect(untrusted.status == 2 && untrusted.stderr.contains("certificate"), "\(untrusted.stderr)")
+        #expect(!untrusted.stderr.contains(try String(contentsOfFile: server.passwordFile, encoding: .utf8)))
+    }
+
     /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
     func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
         let directory = temporaryDirectory("ketenpoort-refused")

@@ -23,7 +23,12 @@ final class PostgresServer: @unchecked Sendable {
         return "\(root)/\(version)/bin"
     }
 
-    init() throws {
+    /// With `tls`, the server presents the development PKI's server certificate (`localhost`,
+    /// 127.0.0.1) and accepts only TLS connections (`hostssl` in pg_hba.conf).
+    let tls: Bool
+
+    init(tls: Bool = false) throws {
+        self.tls = tls
         let bin = try PostgresServer.binDirectory()
         directory = temporaryDirectory("ketenpoort-pg")
         let data = directory + "/data"
@@ -48,6 +53,18 @@ final class PostgresServer: @unchecked Sendable {
         let initdb = try run(
             "initdb", ["-D", data, "-U", "ketenpoort", "--auth=scram-sha-256", "--pwfile=\(serverPasswordFile)", "--no-sync", "-E", "UTF8", "--locale=C"])
         guard initdb.status == 0 else { throw GatewayProcessError(message: "initdb failed: \(initdb.stderr)") }
+        if tls {
+            // The server's key must belong to the server's user with mode 0600.
+            try FileManager.default.copyItem(atPath: PKIFixture.path("gateway/server.crt"), toPath: data + "/server.crt")
+            try FileManager.default.copyItem(atPath: PKIFixture.path("gateway/server.key"), toPath: data + "/server.key")
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: data + "/server.key")
+            if asRoot { _ = try runProcess("/bin/chown", ["postgres:postgres", data + "/server.crt", data + "/server.key"]) }
+            let hba = try String(contentsOfFile: data + "/pg_hba.conf", encoding: .utf8)
+            let tlsOnly = hba.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+                line.hasPrefix("host ") ? "hostssl" + line.dropFirst(4) : line
+            }.joined(separator: "\n")
+            try tlsOnly.write(toFile: data + "/pg_hba.conf", atomically: false, encoding: .utf8)
+        }
         self.data = data
         self.sockets = sockets
         self.bin = bin
@@ -68,7 +85,7 @@ final class PostgresServer: @unchecked Sendable {
         let postgres = Process()
         let serverArguments = [
             "-D", data, "-p", "\(port)", "-k", sockets, "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=60", "-c", "shared_buffers=64MB",
-        ]
+        ] + (tls ? ["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key", "-c", "ssl_min_protocol_version=TLSv1.2"] : [])
         if asRoot {
             postgres.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
             postgres.arguments = ["--reuid=postgres", "--regid=postgres", "--clear-groups", "\(bin)/postgres"] + serverArguments
@@ -92,7 +109,7 @@ final class PostgresServer: @unchecked Sendable {
         // Ready once it accepts a login.
         let deadline = Date().addingTimeInterval(60)
         while true {
-            if (try? PostgresDatabase(settings: PostgresSettings(url: "postgresql://ketenpoort@127.0.0.1:\(port)/postgres?sslmode=disable", passwordFile: passwordFile))) != nil {
+            if (try? PostgresDatabase(settings: PostgresSettings(url: url(), passwordFile: passwordFile))) != nil {
                 break
             }
             guard postgres.isRunning, Date() < deadline else {
@@ -105,7 +122,11 @@ final class PostgresServer: @unchecked Sendable {
     }
 
     /// A URL for one database (no password in it: that comes from `passwordFile`).
-    func url(_ database: String = "postgres") -> String { "postgresql://ketenpoort@127.0.0.1:\(port)/\(database)?sslmode=disable" }
+    func url(_ database: String = "postgres") -> String {
+        tls
+            ? "postgresql://ketenpoort@localhost:\(port)/\(database)?sslmode=verify-full&sslrootcert=\(PKIFixture.path("ca.crt"))"
+            : "postgresql://ketenpoort@127.0.0.1:\(port)/\(database)?sslmode=disable"
+    }
 
     func settings(_ database: String = "postgres") -> PostgresSettings { PostgresSettings(url: url(database), passwordFile: passwordFile) }
 
