@@ -129,6 +129,16 @@ def main():
     pki = os.path.join(work, "pki")
     subprocess.run([binary, "pki", "init", pki, "--partners", os.path.join(ROOT, "Policies/partners.yaml")], check=True, stdout=subprocess.DEVNULL)
     postgres, pg_port, password_file = start_postgres(work, pki)
+    try:
+        run(binary, work, pki, postgres, pg_port, password_file, seconds, rounds, args)
+    finally:
+        # Stopped by its PID whatever happened, so that no server outlives the benchmark.
+        if postgres.poll() is None:
+            postgres.send_signal(signal.SIGINT)
+            postgres.wait(timeout=60)
+
+
+def run(binary, work, pki, postgres, pg_port, password_file, seconds, rounds, args):
     url = lambda db: f"postgresql://ketenpoort@127.0.0.1:{pg_port}/{db}?sslmode=disable"
     tls_url = f"postgresql://ketenpoort@localhost:{pg_port}/tls?sslmode=verify-full&sslrootcert={pki}/ca.crt"
     gateways = []
@@ -178,8 +188,6 @@ def main():
     db_path = f"{work}/bench.db"
     sqlite_entries = int(verified["sqlite"][1].split()[0]) if verified["sqlite"][1] else 1
     sizes["sqlite"] = os.path.getsize(db_path) / max(sqlite_entries, 1)
-    postgres.send_signal(signal.SIGINT)
-    postgres.wait(timeout=60)
     base = statistics.median(r["requests_per_second"] for r in results["SQLite, one gateway"])
     print(f"{rounds} alternating rounds of {seconds:.0f} s, 16 connections in all, medians; 2 cores shared by everything (overhead, not scaling)")
     for name in names:
