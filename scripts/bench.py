@@ -54,6 +54,16 @@ def rss_kib(pid):
     return 0
 
 
+def exchange_bench_arguments(default_seconds):
+    """--bin, --smoke, --seconds, --out: the options of the exchange benchmarks."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=os.path.join(ROOT, ".build/release/ketenpoort"))
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--seconds", type=float, default=default_seconds)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    return parser.parse_args()
+
+
 def start_gateway(binary, work, pki, smoke, name="gateway", database=None, password_file=None, pin=True):
     """A gateway on free ports with the bench master key; `database` defaults to WORK/bench.db
     (a postgresql:// URL needs `password_file`)."""

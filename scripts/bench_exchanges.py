@@ -7,7 +7,7 @@ The exchange: consent basis (a registered consent of a 14-year-old), ~2 KB JSON,
 age band, postcode to four digits; health summary kept), decided by the policy, logged durably
 (WAL, synchronous=FULL, group commit) and delivered to the sealed inbox in the same transaction.
 Then the p99 latency at half the measured exchange rate. `--smoke` runs briefly, unpinned."""
-import argparse, json, os, shutil, signal, ssl, socket, statistics, subprocess, sys, tempfile, time
+import json, os, shutil, signal, ssl, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as common  # noqa: E402
@@ -29,6 +29,22 @@ def request(port, pki, partner, method, path, body):
     return int(head.split()[1]), json.loads(payload or b"null")
 
 
+def exchange_body(port, pki):
+    """Registers the consent (a 14-year-old's own) and returns the exchange that relies on it."""
+    status, answer = request(port, pki, "jgz-zhz", "POST", "/v1/consents", {
+        "caseTable": "lokaal-dordrecht", "subject": {"bsn": CHILD, "age": 14}, "grantor": {"capacity": "self"},
+        "purposes": ["safety-plan"], "recipients": ["wijkteam-dordrecht"], "categories": ["identity", "health"]})
+    if status != 201:
+        raise SystemExit(f"consent: {status} {answer}")
+    return {
+        "caseTable": "lokaal-dordrecht", "purpose": "safety-plan", "recipient": "wijkteam-dordrecht",
+        "basis": {"type": "consent", "consentIds": [answer["consentId"]]},
+        "subjects": [{"bsn": CHILD, "role": "child", "age": 14}],
+        "data": {"identity": {"bsn": CHILD, "name": "Bench Testkind", "birthDate": "2012-03-04", "postcode": "3311AB"},
+                 "health": {"summary": "groeicurve en zorgsignalen; " + "x" * 1500}},
+    }
+
+
 def load(binary, port, pki, partner, smoke, pid, extra):
     argv = [binary, "bench", "--url", f"https://127.0.0.1:{port}" + extra[0], "--cert", f"{pki}/partners/{partner}.crt",
             "--key", f"{pki}/partners/{partner}.key", "--ca", f"{pki}/ca.crt", "--json", "--server-pid", str(pid)] + extra[1:]
@@ -39,12 +55,7 @@ def load(binary, port, pki, partner, smoke, pid, extra):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", default=os.path.join(ROOT, ".build/release/ketenpoort"))
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
-    args = parser.parse_args()
+    args = common.exchange_bench_arguments(default_seconds=10)
     binary = os.path.abspath(args.bin)
     seconds = 1.0 if args.smoke else args.seconds
     runs = 1 if args.smoke else 3
@@ -55,18 +66,7 @@ def main():
     gateway, gport = common.start_gateway(binary, work, pki, args.smoke)
     nginx, nport, nworker = common.start_nginx(work, pki, args.smoke)
     try:
-        status, answer = request(gport, pki, "jgz-zhz", "POST", "/v1/consents", {
-            "caseTable": "lokaal-dordrecht", "subject": {"bsn": CHILD, "age": 14}, "grantor": {"capacity": "self"},
-            "purposes": ["safety-plan"], "recipients": ["wijkteam-dordrecht"], "categories": ["identity", "health"]})
-        if status != 201:
-            raise SystemExit(f"consent: {status} {answer}")
-        body = {
-            "caseTable": "lokaal-dordrecht", "purpose": "safety-plan", "recipient": "wijkteam-dordrecht",
-            "basis": {"type": "consent", "consentIds": [answer["consentId"]]},
-            "subjects": [{"bsn": CHILD, "role": "child", "age": 14}],
-            "data": {"identity": {"bsn": CHILD, "name": "Bench Testkind", "birthDate": "2012-03-04", "postcode": "3311AB"},
-                     "health": {"summary": "groeicurve en zorgsignalen; " + "x" * 1500}},
-        }
+        body = exchange_body(gport, pki)
         body_path = os.path.join(work, "exchange.json")
         with open(body_path, "w") as f:
             json.dump(body, f)

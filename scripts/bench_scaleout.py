@@ -12,11 +12,11 @@ processes of each set-up share both cores alike.
 
 PostgreSQL (Debian's) is started here on a free loopback port as the unprivileged `postgres`
 user (initdb refuses root) and stopped by its PID."""
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as common  # noqa: E402
-from bench_exchanges import request, CHILD  # noqa: E402
+from bench_exchanges import exchange_body  # noqa: E402
 
 ROOT = common.ROOT
 
@@ -76,21 +76,6 @@ def start_gateway(binary, work, pki, name, database, password_file):
     return common.start_gateway(binary, work, pki, True, name=name, database=database, password_file=password_file, pin=False)
 
 
-def exchange_body(port, pki):
-    status, answer = request(port, pki, "jgz-zhz", "POST", "/v1/consents", {
-        "caseTable": "lokaal-dordrecht", "subject": {"bsn": CHILD, "age": 14}, "grantor": {"capacity": "self"},
-        "purposes": ["safety-plan"], "recipients": ["wijkteam-dordrecht"], "categories": ["identity", "health"]})
-    if status != 201:
-        raise SystemExit(f"consent: {status} {answer}")
-    return {
-        "caseTable": "lokaal-dordrecht", "purpose": "safety-plan", "recipient": "wijkteam-dordrecht",
-        "basis": {"type": "consent", "consentIds": [answer["consentId"]]},
-        "subjects": [{"bsn": CHILD, "role": "child", "age": 14}],
-        "data": {"identity": {"bsn": CHILD, "name": "Bench Testkind", "birthDate": "2012-03-04", "postcode": "3311AB"},
-                 "health": {"summary": "groeicurve en zorgsignalen; " + "x" * 1500}},
-    }
-
-
 def load(binary, ports, pki, body_path, seconds):
     """16 connections split over the instances, all at once; the rates add up."""
     per = 16 // len(ports)
@@ -115,12 +100,7 @@ def load(binary, ports, pki, body_path, seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", default=os.path.join(ROOT, ".build/release/ketenpoort"))
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
-    args = parser.parse_args()
+    args = common.exchange_bench_arguments(default_seconds=8)
     binary = os.path.abspath(args.bin)
     seconds = 1.0 if args.smoke else args.seconds
     rounds = 1 if args.smoke else 3

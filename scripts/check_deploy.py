@@ -506,6 +506,14 @@ def check_kustomization(b: Bundle, r: Report, defined: set) -> None:
             r.fail(g, rel, f"`{name}` is not in resources")
 
 
+def _write_files(root: str, files: dict[str, str]) -> None:
+    """Writes `files` (relative path -> text) below `root`, creating directories."""
+    for rel, text in files.items():
+        target = Path(root) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+
 def run_kubectl(b: Bundle, r: Report) -> None:
     """`kubectl kustomize` works offline; `kubectl apply --dry-run=client` needs the API
     server's discovery, so it is skipped when no cluster answers. A throwaway kubeconfig keeps
@@ -518,11 +526,7 @@ def run_kubectl(b: Bundle, r: Report) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, KUBECONFIG=os.path.join(tmp, "kubeconfig"), HOME=tmp)
         Path(env["KUBECONFIG"]).write_text("")
-        for rel, text in b.texts.items():
-            if rel.startswith(K8S + "/"):
-                target = Path(tmp) / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
+        _write_files(tmp, {rel: text for rel, text in b.texts.items() if rel.startswith(K8S + "/")})
         try:
             built = subprocess.run([kubectl, "kustomize", str(Path(tmp) / K8S)], capture_output=True, text=True, timeout=60, env=env)
         except subprocess.TimeoutExpired:
@@ -822,12 +826,10 @@ def run_systemd_analyze(b: Bundle, r: Report) -> None:
         r.note("systemd", "systemd-analyze not on PATH: skipped")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for rel, text in b.units().items():
-            target = Path(tmp) / Path(rel).relative_to("deploy/systemd")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if rel == UNIT:
-                text = re.sub(r"^(ExecStart=)\S+", r"\1/bin/true", text, flags=re.M)
-            target.write_text(text)
+        units = {str(Path(rel).relative_to("deploy/systemd")): text for rel, text in b.units().items()}
+        unit_name = str(Path(UNIT).relative_to("deploy/systemd"))
+        units[unit_name] = re.sub(r"^(ExecStart=)\S+", r"\1/bin/true", units[unit_name], flags=re.M)
+        _write_files(tmp, units)
         unit_path = str(Path(tmp) / Path(UNIT).name)
         try:
             result = subprocess.run([tool, "verify", "--man=no", unit_path], capture_output=True, text=True, timeout=60)

@@ -84,31 +84,30 @@ struct PostgresBackendTests {
         let url = try server.createDatabase("migrations")
         let sqlite = temporaryDirectory("ketenpoort-migrate") + "/gateway.db"
         FileManager.default.createFile(atPath: sqlite, contents: nil, attributes: [.posixPermissions: 0o600])
-        let environment = ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile]
         for db in [sqlite, url] {
-            let first = try ketenpoort(["migrate", "--db", db, "--to", "1"], environment: environment)
+            let first = try server.ketenpoort(["migrate", "--db", db, "--to", "1"])
             #expect(first.status == 0, "\(first.stderr)")
             #expect(first.stdout.contains("applied: 1 "))
-            let status = try ketenpoort(["migrate", "--db", db, "--status"], environment: environment)
+            let status = try server.ketenpoort(["migrate", "--db", db, "--status"])
             #expect(status.stdout.contains("schema version: 1") && status.stdout.contains("pending: 2 "), "\(status.stdout)")
 
             // A gateway on the older schema refuses to start and says what to run.
-            let older = try startGateway(database: db, keys: nil, environment: environment)
+            let older = try startGateway(database: db, server: server)
             #expect(older.status == 2)
             #expect(older.stderr.contains("ketenpoort migrate"), "\(older.stderr)")
 
-            let rest = try ketenpoort(["migrate", "--db", db], environment: environment)
+            let rest = try server.ketenpoort(["migrate", "--db", db])
             #expect(rest.status == 0 && rest.stdout.contains("applied: 2 "), "\(rest.stdout) \(rest.stderr)")
-            #expect(try ketenpoort(["migrate", "--db", db], environment: environment).stdout.contains("up to date"))
-            let back = try ketenpoort(["migrate", "--db", db, "--to", "1"], environment: environment)
+            #expect(try server.ketenpoort(["migrate", "--db", db]).stdout.contains("up to date"))
+            let back = try server.ketenpoort(["migrate", "--db", db, "--to", "1"])
             #expect(back.status == 2 && back.stderr.contains("restore a backup"), "\(back.stderr)")
 
             // A schema newer than the binary knows: refused by serve and by migrate.
             let connection = try DatabaseLocation(db, passwordFile: server.passwordFile).connect()
             try connection.rows("INSERT INTO schema_migrations (version, description, applied_at) VALUES (99, 'from the future', 'x')", [])
-            let newer = try startGateway(database: db, keys: nil, environment: environment)
+            let newer = try startGateway(database: db, server: server)
             #expect(newer.status == 2 && newer.stderr.contains("newer"), "\(newer.stderr)")
-            #expect(try ketenpoort(["migrate", "--db", db], environment: environment).status == 2)
+            #expect(try server.ketenpoort(["migrate", "--db", db]).status == 2)
             try connection.rows("DELETE FROM schema_migrations WHERE version = 99", [])
         }
         // A password in the URL is refused, and never printed back.
@@ -161,9 +160,7 @@ struct PostgresBackendTests {
         let target = try server.createDatabase("restored")
         let restore = try runProcess("\(bin)/pg_restore", ["--no-owner", "--dbname=\(target)", directory + "/source.dump"], environment: ["PGPASSWORD": password])
         #expect(restore.status == 0, "\(restore.stderr)")
-        let verified = try ketenpoort(
-            ["log", "verify", "--db", target, "--checkpoint", directory + "/pg-kept.checkpoint", "--public-key", keyFile],
-            environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        let verified = try server.ketenpoort(["log", "verify", "--db", target, "--checkpoint", directory + "/pg-kept.checkpoint", "--public-key", keyFile])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         #expect(verified.stdout.contains("100 entries verified"), "\(verified.stdout)")
     }
@@ -265,8 +262,7 @@ struct PostgresBackendTests {
         let server = try PostgresServer(tls: true)
         defer { server.stop() }
         let url = try server.createDatabase("overtls")
-        let environment = ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile]
-        let migrated = try ketenpoort(["migrate", "--db", url], environment: environment)
+        let migrated = try server.ketenpoort(["migrate", "--db", url])
         #expect(migrated.status == 0, "\(migrated.stderr)")
         let connection = try PostgresDatabase(settings: PostgresSettings(url: url, passwordFile: server.passwordFile))
         let row = try #require(try connection.row("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", []))
@@ -283,31 +279,21 @@ struct PostgresBackendTests {
 
         // Without TLS the server refuses (pg_hba: hostssl only); with another root the client refuses.
         let plain = url.replacingOccurrences(of: "sslmode=verify-full", with: "sslmode=disable")
-        let refused = try ketenpoort(["migrate", "--db", plain, "--status"], environment: environment)
+        let refused = try server.ketenpoort(["migrate", "--db", plain, "--status"])
         #expect(refused.status == 2 && refused.stderr.contains("cannot be reached"), "\(refused.stderr)")
         let otherRoot = url.replacingOccurrences(of: PKIFixture.path("ca.crt"), with: PKIFixture.path("gateway/server.crt"))
-        let untrusted = try ketenpoort(["migrate", "--db", otherRoot, "--status"], environment: environment)
+        let untrusted = try server.ketenpoort(["migrate", "--db", otherRoot, "--status"])
         #expect(untrusted.status == 2 && untrusted.stderr.contains("certificate"), "\(untrusted.stderr)")
         #expect(!untrusted.stderr.contains(try String(contentsOfFile: server.passwordFile, encoding: .utf8)))
     }
 
     /// Runs `serve` expecting it to stop at start (a refused schema); returns its exit status.
-    func startGateway(database: String, keys: String?, environment: [String: String]) throws -> ProcessResult {
+    func startGateway(database: String, server: PostgresServer) throws -> ProcessResult {
         let directory = temporaryDirectory("ketenpoort-refused")
         try MasterKeyFile.create(path: directory + "/keys")
         try write(
-            """
-            listen: 127.0.0.1:0
-            ops_listen: 127.0.0.1:0
-            policies: \(packageRoot)/Policies
-            database: \(database)
-            database_password_file: \(environment["KETENPOORT_DATABASE_PASSWORD_FILE"] ?? "")
-            keys: \(keys ?? directory + "/keys")
-            tls:
-              certificate: \(PKIFixture.path("gateway/server.crt"))
-              key: \(PKIFixture.path("gateway/server.key"))
-              client_ca: \(PKIFixture.path("ca.crt"))
-            """, to: directory + "/gateway.yaml")
+            GatewayProcess.configuration(database: database, keys: directory + "/keys", extra: "database_password_file: \(server.passwordFile)"),
+            to: directory + "/gateway.yaml")
         return try ketenpoort(["serve", "--config", directory + "/gateway.yaml"])
     }
 
@@ -320,23 +306,10 @@ struct PostgresBackendTests {
         for name in ["a", "b"] {
             let configPath = "\(shared)/\(name).yaml"
             try write(
-                """
-                listen: 127.0.0.1:0
-                ops_listen: 127.0.0.1:0
-                event_loop_threads: 1
-                log_level: notice
-                policies: \(policies ?? packageRoot + "/Policies")
-                database: \(url)
-                database_password_file: \(server.passwordFile)
-                keys: \(shared)/keys
-                audit:
-                  checkpoint_entries: 25
-                tls:
-                  certificate: \(PKIFixture.path("gateway/server.crt"))
-                  key: \(PKIFixture.path("gateway/server.key"))
-                  client_ca: \(PKIFixture.path("ca.crt"))
-                \(extra)
-                """, to: configPath)
+                GatewayProcess.configuration(
+                    database: url, keys: shared + "/keys", policies: policies,
+                    extra: "database_password_file: \(server.passwordFile)\naudit:\n  checkpoint_entries: 25\n\(extra)"),
+                to: configPath)
             gateways.append(try GatewayProcess(directory: shared, configPath: configPath, arguments: ["serve", "--config", configPath]))
         }
         return (gateways[0], gateways[1], url)
@@ -458,8 +431,7 @@ struct PostgresBackendTests {
 
         #expect(a.stop() == 0)
         #expect(b.stop() == 0)
-        let verified = try ketenpoort(
-            ["log", "verify", "--db", url, "--keys", a.directory + "/keys"], environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        let verified = try server.ketenpoort(["log", "verify", "--db", url, "--keys", a.directory + "/keys"])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         #expect(verified.stdout.contains("entries verified"), "\(verified.stdout)")
     }
@@ -512,8 +484,7 @@ struct PostgresBackendTests {
         #expect(items.count == delivered.count, "\(items.count - delivered.count) exchanges delivered twice")
         #expect(Set(sent).count == sent.count)
         #expect(b.stop() == 0)
-        let verified = try ketenpoort(
-            ["log", "verify", "--db", url, "--keys", b.directory + "/keys"], environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": server.passwordFile])
+        let verified = try server.ketenpoort(["log", "verify", "--db", url, "--keys", b.directory + "/keys"])
         #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
     }
 }

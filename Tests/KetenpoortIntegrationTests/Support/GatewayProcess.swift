@@ -18,6 +18,17 @@ final class GatewayProcess: @unchecked Sendable {
         let directory = temporaryDirectory("ketenpoort-gateway")
         let configPath = directory + "/gateway.yaml"
         try MasterKeyFile.create(path: directory + "/keys")
+        try write(
+            GatewayProcess.configuration(
+                database: directory + "/ketenpoort.db", keys: directory + "/keys", policies: policies, tlsSection: tlsSection, extra: extraConfiguration),
+            to: configPath)
+        try self.init(directory: directory, configPath: configPath, arguments: ["serve", "--config", configPath])
+    }
+
+    /// A test gateway's configuration: loopback on ports the kernel chooses, the development PKI
+    /// (with its CRL unless `tlsSection` replaces it), `Policies/` unless `policies` is given,
+    /// then `extra` YAML.
+    static func configuration(database: String, keys: String, policies: String? = nil, tlsSection: String? = nil, extra: String = "") -> String {
         let tls = tlsSection ?? """
             tls:
               certificate: \(PKIFixture.path("gateway/server.crt"))
@@ -25,19 +36,17 @@ final class GatewayProcess: @unchecked Sendable {
               client_ca: \(PKIFixture.path("ca.crt"))
               crl: \(PKIFixture.path("crl.pem"))
             """
-        try write(
-            """
+        return """
             listen: 127.0.0.1:0
             ops_listen: 127.0.0.1:0
             event_loop_threads: 1
             log_level: notice
             policies: \(policies ?? packageRoot + "/Policies")
-            database: \(directory)/ketenpoort.db
-            keys: \(directory)/keys
+            database: \(database)
+            keys: \(keys)
             \(tls)
-            \(extraConfiguration)
-            """, to: configPath)
-        try self.init(directory: directory, configPath: configPath, arguments: ["serve", "--config", configPath])
+            \(extra)
+            """
     }
 
     /// Starts `ketenpoort ARGUMENTS` (serve or demo) and waits for its `ready:` and

@@ -130,6 +130,11 @@ final class PostgresServer: @unchecked Sendable {
 
     func settings(_ database: String = "postgres") -> PostgresSettings { PostgresSettings(url: url(database), passwordFile: passwordFile) }
 
+    /// Runs the `ketenpoort` command with this server's password file (as operators do).
+    func ketenpoort(_ arguments: [String]) throws -> ProcessResult {
+        try KetenpoortIntegrationTests.ketenpoort(arguments, environment: ["KETENPOORT_DATABASE_PASSWORD_FILE": passwordFile])
+    }
+
     /// Creates an empty database and returns its URL.
     @discardableResult
     func createDatabase(_ name: String) throws -> String {
