@@ -228,13 +228,9 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
     /// After a failed write the connection may stay in SQLite's error state: the next write
     /// opens a fresh one (the uncommitted WAL frames are ignored on open).
     private var reopenBeforeNextWrite = false
-    /// Prepared point lookups and inserts (proofs and group commits make many).
-    private var lookups: StatementCache?
-
-    private func lookup(_ sql: String) throws -> SQLiteStatement {
-        if lookups?.database !== database { lookups = StatementCache(database: database) }
-        return try lookups!.statement(sql)
-    }
+    /// Prepared point lookups and inserts (proofs and group commits make many), kept by the
+    /// connection.
+    private func lookup(_ sql: String) throws -> SQLiteStatement { try database.cachedStatement(sql) }
 
     public static let schema = """
         CREATE TABLE IF NOT EXISTS audit_entries (
@@ -351,7 +347,6 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
 
     public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
         if reopenBeforeNextWrite, let writable {
-            lookups = nil
             database = try SQLiteDatabase(path: writable.path, synchronous: writable.synchronous)
             reopenBeforeNextWrite = false
         }

@@ -12,11 +12,16 @@ public final class SQLiteDatabase {
 
     let handle: OpaquePointer
     public let path: String
-    /// Statements prepared through ``rows(_:_:)``, kept for reuse.
+    /// Statements prepared once and kept by their SQL (``rows(_:_:)`` and ``cachedStatement(_:)``).
     private var statementCache: [String: SQLiteStatement] = [:]
 
-    func cachedStatement(_ sql: String) throws -> SQLiteStatement {
-        if let cached = statementCache[sql] { return cached }
+    /// A statement prepared once for this connection and reset before each reuse (a statement
+    /// prepared once serves every later call). One user at a time, like the connection.
+    public func cachedStatement(_ sql: String) throws -> SQLiteStatement {
+        if let cached = statementCache[sql] {
+            cached.reset()
+            return cached
+        }
         let statement = try prepare(sql)
         statementCache[sql] = statement
         return statement
@@ -202,24 +207,4 @@ extension KetenpoortError.Code {
     public static let storageCorrupt = KetenpoortError.Code("storage_corrupt")
     public static let storageConstraint = KetenpoortError.Code("storage_constraint")
     public static let storage = KetenpoortError.Code("storage")
-}
-
-/// Prepared statements of one connection, kept by their SQL and reset before each reuse (a
-/// statement prepared once serves every later call). Not thread-safe: one user at a time, like
-/// the connection.
-public final class StatementCache {
-    public let database: SQLiteDatabase
-    private var statements: [String: SQLiteStatement] = [:]
-
-    public init(database: SQLiteDatabase) { self.database = database }
-
-    public func statement(_ sql: String) throws -> SQLiteStatement {
-        if let cached = statements[sql] {
-            cached.reset()
-            return cached
-        }
-        let statement = try database.prepare(sql)
-        statements[sql] = statement
-        return statement
-    }
 }
