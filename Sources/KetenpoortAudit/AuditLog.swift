@@ -109,7 +109,10 @@ public final class AuditLog: @unchecked Sendable {
     // The store is used by the writer thread only.
     private let store: AuditStore
     private let condition = NSCondition()
-    private var pending: [(AuditRecord, CheckedContinuation<Int64, Error>)] = []
+    /// Called once with the entry's sequence number when it is durable, or the failure. Runs on
+    /// the writer thread: keep it short (complete a promise, resume a continuation).
+    public typealias Completion = @Sendable (Result<Int64, Error>) -> Void
+    private var pending: [(AuditRecord, Completion)] = []
     private var stopped = false
     private var finished = false
     private let maxBatch: Int
@@ -158,8 +161,14 @@ public final class AuditLog: @unchecked Sendable {
     /// Appends one entry; returns its sequence number once it is durable.
     public func append(_ record: AuditRecord) async throws -> Int64 {
         try await withCheckedThrowingContinuation { continuation in
-            handToWriter(ifClosed: { continuation.resume(throwing: $0) }) { pending.append((record, continuation)) }
+            append(record) { continuation.resume(with: $0) }
         }
+    }
+
+    /// Appends one entry and calls `completion` (on the writer thread) once it is durable. For
+    /// callers on an event loop: no task, no extra thread hop.
+    public func append(_ record: AuditRecord, completion: @escaping Completion) {
+        handToWriter(ifClosed: { completion(.failure($0)) }) { pending.append((record, completion)) }
     }
 
     /// Queues work for the writer thread, or fails it when the log is closed.
@@ -218,7 +227,7 @@ public final class AuditLog: @unchecked Sendable {
         return now.timeIntervalSince(last) >= schedule.seconds
     }
 
-    private func write(_ batch: [(AuditRecord, CheckedContinuation<Int64, Error>)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) {
+    private func write(_ batch: [(AuditRecord, Completion)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) {
         do {
             let now = Date()
             let time = AuditClock.timestamp(now)
@@ -234,7 +243,7 @@ public final class AuditLog: @unchecked Sendable {
                 result.tail = tail
                 return result
             }
-            for (index, (_, continuation)) in batch.enumerated() { continuation.resume(returning: written.entries[index].sequence) }
+            for (index, (_, completion)) in batch.enumerated() { completion(.success(written.entries[index].sequence)) }
             if !requests.isEmpty {
                 let newest = written.checkpoint ?? (try? store.checkpoints().last)
                 for r in requests { r.resume(returning: newest) }
@@ -242,7 +251,7 @@ public final class AuditLog: @unchecked Sendable {
         } catch {
             // Fail closed: nothing in this batch is acknowledged.
             let failure = KetenpoortError(.auditUnavailable, "the audit log cannot be written: \((error as? KetenpoortError)?.message ?? "storage error")")
-            for (_, continuation) in batch { continuation.resume(throwing: failure) }
+            for (_, completion) in batch { completion(.failure(failure)) }
             for r in requests { r.resume(throwing: failure) }
         }
     }

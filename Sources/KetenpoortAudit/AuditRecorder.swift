@@ -167,12 +167,33 @@ public struct AuditRecorder: Sendable {
 
     /// `date` (YYYY-MM-DD) plus whole years; 29 February becomes 28 February.
     public static func date(_ date: String, plusYears years: Int) -> String {
-        let parts = date.split(separator: "-").compactMap { Int($0) }
-        guard parts.count == 3 else { return date }
-        var day = parts[2]
-        let year = parts[0] + years
-        if parts[1] == 2, day == 29, !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)) { day = 28 }
-        return String(format: "%04d-%02d-%02d", year, parts[1], day)
+        // Digits read and written by hand: this runs for every logged exchange.
+        let u = Array(date.utf8)
+        func number(_ range: Range<Int>) -> Int? {
+            var n = 0
+            for i in range {
+                guard u[i] >= 48, u[i] <= 57 else { return nil }
+                n = n * 10 + Int(u[i] - 48)
+            }
+            return n
+        }
+        guard u.count == 10, u[4] == 45, u[7] == 45, let y = number(0..<4), let month = number(5..<7), var day = number(8..<10) else { return date }
+        let year = y + years
+        guard (0...9999).contains(year) else { return date }
+        if month == 2, day == 29, !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)) { day = 28 }
+        var out = [UInt8](repeating: 48, count: 10)
+        var v = year
+        for i in stride(from: 3, through: 0, by: -1) {
+            out[i] = UInt8(48 + v % 10)
+            v /= 10
+        }
+        out[4] = 45
+        out[5] = UInt8(48 + month / 10)
+        out[6] = UInt8(48 + month % 10)
+        out[7] = 45
+        out[8] = UInt8(48 + day / 10)
+        out[9] = UInt8(48 + day % 10)
+        return String(decoding: out, as: UTF8.self)
     }
 }
 

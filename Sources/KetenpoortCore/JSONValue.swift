@@ -119,36 +119,52 @@ public enum JSONValue: Sendable, Hashable {
     static let falseBytes = Array("false".utf8)
     static let hexDigits = Array("0123456789abcdef".utf8)
 
+    /// For each byte: 0 copied as is, 1 a two-character escape, 2 a `\u00XX` escape.
+    static let escapeClass: [UInt8] = (0..<256).map { b in
+        switch b {
+        case 0x22, 0x5c, 0x0a, 0x0d, 0x09: return 1
+        case 0x3c, 0x3e, 0x26, 0x00..<0x20: return 2
+        default: return 0
+        }
+    }
+
     static func writeString(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { bytes in
-            var runStart = 0
-            var i = 0
-            func flush() {
-                if i > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
-            }
-            while i < bytes.count {
-                let b = bytes[i]
-                let escape: [UInt8]?
-                switch b {
-                case 0x22: escape = [0x5c, 0x22]  // \"
-                case 0x5c: escape = [0x5c, 0x5c]  // \\
-                case 0x0a: escape = [0x5c, UInt8(ascii: "n")]
-                case 0x0d: escape = [0x5c, UInt8(ascii: "r")]
-                case 0x09: escape = [0x5c, UInt8(ascii: "t")]
-                case 0x3c, 0x3e, 0x26, 0x00..<0x20:  // < > & and other control characters: \u00XX
-                    escape = [0x5c, UInt8(ascii: "u"), 0x30, 0x30, hexDigits[Int(b >> 4)], hexDigits[Int(b & 0x0f)]]
-                default: escape = nil
+            escapeClass.withUnsafeBufferPointer { table in
+                var runStart = 0
+                var i = 0
+                let count = bytes.count
+                while i < count {
+                    // Runs without anything to escape are copied in one piece.
+                    let b = bytes[i]
+                    let kind = table[Int(b)]
+                    if kind == 0 {
+                        i += 1
+                        continue
+                    }
+                    if i > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<i])) }
+                    out.append(0x5c)
+                    if kind == 1 {
+                        switch b {
+                        case 0x0a: out.append(UInt8(ascii: "n"))
+                        case 0x0d: out.append(UInt8(ascii: "r"))
+                        case 0x09: out.append(UInt8(ascii: "t"))
+                        default: out.append(b)  // " and \
+                        }
+                    } else {
+                        out.append(UInt8(ascii: "u"))
+                        out.append(0x30)
+                        out.append(0x30)
+                        out.append(hexDigits[Int(b >> 4)])
+                        out.append(hexDigits[Int(b & 0x0f)])
+                    }
+                    i += 1
+                    runStart = i
                 }
-                if let escape {
-                    flush()
-                    out.append(contentsOf: escape)
-                    runStart = i + 1
-                }
-                i += 1
+                if count > runStart { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<count])) }
             }
-            flush()
         }
         out.append(UInt8(ascii: "\""))
     }
@@ -308,6 +324,19 @@ public struct JSONParser {
 
         mutating func parseString() throws -> String {
             index += 1  // opening quote
+            // The common case: no escape before the closing quote — one validation, one copy.
+            var end = index
+            while end < bytes.count {
+                let d = bytes[end]
+                if d == 0x22 || d == 0x5C || d < 0x20 { break }
+                end += 1
+            }
+            if end < bytes.count, bytes[end] == 0x22 {
+                guard end - index <= limits.maxStringBytes else { throw error("string longer than \(limits.maxStringBytes) bytes") }
+                guard let s = String(validating: bytes[index..<end], as: UTF8.self) else { throw error("string is not valid UTF-8") }
+                index = end + 1
+                return s
+            }
             var out: [UInt8] = []
             out.reserveCapacity(32)
             while true {

@@ -10,12 +10,19 @@ public enum Generalise {
     public static func yearMonth(_ date: String) -> String? { parse(date).map { "\(pad($0.0, 4))-\(pad($0.1, 2))" } }
     /// `1234 AB` / `1234AB` → `1234`.
     public static func postcode4(_ postcode: String) -> String? {
-        let compact = postcode.replacingOccurrences(of: " ", with: "").uppercased()
-        let chars = Array(compact)
-        guard chars.count == 6, chars[0] != "0", chars.prefix(4).allSatisfy(\.isNumber), chars.suffix(2).allSatisfy({ $0.isLetter && $0.isASCII }) else {
+        // ASCII only: four digits (not starting with 0), two letters, spaces ignored.
+        var chars: [UInt8] = []
+        chars.reserveCapacity(6)
+        for c in postcode.utf8 where c != 32 {
+            guard chars.count < 6 else { return nil }
+            chars.append(c)
+        }
+        guard chars.count == 6, chars[0] != 48, chars[0..<4].allSatisfy({ (48...57).contains($0) }),
+            chars[4..<6].allSatisfy({ (65...90).contains($0) || (97...122).contains($0) })
+        else {
             return nil
         }
-        return String(chars.prefix(4))
+        return String(decoding: chars[0..<4], as: UTF8.self)
     }
     /// A birth date to its age band on `reference` (both `YYYY-MM-DD`).
     public static func ageBand(birthDate: String, on reference: String) -> String? {

@@ -125,6 +125,9 @@ final class ExchangeRepository: @unchecked Sendable {
         health?.set(ExchangeRepository.healthCheck, ready: true)
     }
 
+    /// Whether the database is in-process (SQLite): a read costs microseconds, not a round trip.
+    var isLocal: Bool { database.backend == .sqlite }
+
     /// Runs `body` with the connection, one caller at a time.
     func with<T>(_ body: (SQLDatabase) throws -> T) throws -> T {
         lock.lock()

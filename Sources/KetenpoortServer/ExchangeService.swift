@@ -35,7 +35,8 @@ final class ExchangeService: Sendable {
         let parts = request.path.split(separator: "/").map(String.init)  // ["v1", "exchanges", ...]
         do {
             switch (request.method, parts.count, parts[1]) {
-            case (.POST, 2, "exchanges"): return try await postExchange(request, caller: try partner(caller))
+            case (.POST, 2, "exchanges"):
+                return await withCheckedContinuation { continuation in submitExchange(request, caller: caller) { continuation.resume(returning: $0) } }
             case (.GET, 3, "exchanges"): return try getExchange(parts[2], caller: try partner(caller))
             case (.POST, 2, "consents"): return try await postConsent(request, caller: try partner(caller))
             case (.POST, 4, "consents") where parts[3] == "withdraw": return try await withdrawConsent(parts[2], caller: try partner(caller))
@@ -147,14 +148,43 @@ final class ExchangeService: Sendable {
         for i in 0..<6 { bytes[i] = UInt8((millis >> (40 - 8 * UInt64(i))) & 0xff) }
         bytes[6] = (bytes[6] & 0x0f) | 0x70  // version 7
         bytes[8] = (bytes[8] & 0x3f) | 0x80  // RFC 9562 variant
-        let hex = Hex.encode(bytes)
-        let c = Array(hex)
-        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+        let digits: StaticString = "0123456789abcdef"
+        var out = [UInt8]()
+        out.reserveCapacity(36)
+        digits.withUTF8Buffer { hex in
+            for (i, b) in bytes.enumerated() {
+                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(45) }
+                out.append(hex[Int(b >> 4)])
+                out.append(hex[Int(b & 0x0f)])
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     static let exchangeMembers: Set<String> = ["caseTable", "purpose", "recipient", "caseRef", "basis", "subjects", "data", "reporter"]
 
-    func postExchange(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
+    /// Whether the exchange tables are local (SQLite): reads then take microseconds and
+    /// `POST /v1/exchanges` runs on the connection's event loop. Over the network (PostgreSQL)
+    /// the synchronous part runs in a task instead, so an event loop never waits for a server.
+    var readsAreLocal: Bool { repository.isLocal }
+
+    /// `POST /v1/exchanges`: decides synchronously, then calls `answer` exactly once — at once
+    /// for a refusal or a replay, otherwise from the log's writer thread when the entry and the
+    /// delivery record are durable. No task and no continuation: one hop to the writer and one
+    /// back to the event loop.
+    func submitExchange(_ request: GatewayRequest, caller: Caller, answer: @escaping @Sendable (GatewayResponse) -> Void) {
+        let route = "/v1/exchanges"
+        do {
+            try postExchange(request, caller: try partner(caller), answer: answer)
+        } catch let error as KetenpoortError {
+            answer(.problem(for: error, route: route))
+        } catch {
+            answer(.problem(.internalServerError, code: .internalError, title: "Internal error", detail: "the request failed", route: route))
+        }
+    }
+
+    /// Throws for what is refused before the log is written; otherwise `answer` is called once.
+    func postExchange(_ request: GatewayRequest, caller: Partner, answer: @escaping @Sendable (GatewayResponse) -> Void) throws {
         let (json, _) = try body(request)
         let idempotencyKey = request.headers.first(name: "idempotency-key")
         var canonicalHash: [UInt8] = []
@@ -168,7 +198,8 @@ final class ExchangeService: Sendable {
             for _ in 0..<2 {
                 if try repository.claimIdempotencyKey(sender: caller.id, key: key, bodyHash: canonicalHash, now: now, staleBefore: staleBefore) {
                     do {
-                        return try await decide(json, caller: caller, idempotency: (key, canonicalHash))
+                        try decide(json, caller: caller, idempotency: (key, canonicalHash), answer: answer)
+                        return
                     } catch {
                         // Nothing was decided or logged: a retry may try again.
                         try? repository.releaseIdempotencyKey(sender: caller.id, key: key)
@@ -182,11 +213,12 @@ final class ExchangeService: Sendable {
                 guard !stored.inProgress else {
                     throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it")
                 }
-                return replay(stored)
+                answer(replay(stored))
+                return
             }
             throw KetenpoortError(.idempotencyConflict, "a request with this Idempotency-Key is in progress; retry it")
         }
-        return try await decide(json, caller: caller, idempotency: nil)
+        try decide(json, caller: caller, idempotency: nil, answer: answer)
     }
 
     /// A claim older than this is an instance that died mid-request: another may take it over.
@@ -205,7 +237,9 @@ final class ExchangeService: Sendable {
         return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: Array(answer.utf8), route: "/v1/exchanges")
     }
 
-    func decide(_ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8])?) async throws -> GatewayResponse {
+    func decide(
+        _ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8])?, answer: @escaping @Sendable (GatewayResponse) -> Void
+    ) throws {
         try ExchangeService.only(json, ExchangeService.exchangeMembers, at: "")
         let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
         let purpose = try ExchangeService.text(json["purpose"], "purpose")!
@@ -238,51 +272,47 @@ final class ExchangeService: Sendable {
         let refs = subjects.map(\.ref)
         let facts = try repository.facts(caseTable: caseTable, subjects: refs)
         let consents = try repository.consents(caseTable: caseTable, subjects: refs)
-        // The decision request in the form the policy tests use.
-        var factMembers: [(String, JSONValue)] = [("date", .string(date))]
-        var keepApart: [JSONValue] = []
-        var closed = false
-        var vtOpen = false
-        var order: JSONValue?
+        // The decision request, built directly (the same reading as DecisionRequest(json:), which
+        // the policy tests use: consents and facts from the registry, reporter from the body).
+        var caseFacts = CaseFacts(date: date)
         for ref in refs {
             let f = facts[ref] ?? [:]
-            if f["case-closed"]?["closed"]?.boolValue == true { closed = true }
-            if f["vt-investigation"]?["open"]?.boolValue == true { vtOpen = true }
-            if let o = f["supervision-order"], o["active"]?.boolValue == true { order = .object([("active", true), ("institution", o["institution"] ?? .null)]) }
-            for from in f["keep-apart"]?["from"]?.arrayValue ?? [] { keepApart.append(.object([("protected", .string(ref)), ("from", from)])) }
+            if f["case-closed"]?["closed"]?.boolValue == true { caseFacts.caseClosed = true }
+            if f["vt-investigation"]?["open"]?.boolValue == true { caseFacts.vtInvestigationOpen = true }
+            if let o = f["supervision-order"], o["active"]?.boolValue == true {
+                caseFacts.supervisionOrderActive = true
+                caseFacts.supervisionOrderInstitution = o["institution"]?.stringValue
+            }
+            for from in f["keep-apart"]?["from"]?.arrayValue ?? [] {
+                guard let other = from.stringValue, !other.isEmpty else { throw KetenpoortError(.invalidRequest, "a registered keep-apart fact is malformed") }
+                caseFacts.keepApart.append((ref, other))
+            }
         }
-        factMembers.append(("caseClosed", .bool(closed)))
-        factMembers.append(("vtInvestigationOpen", .bool(vtOpen)))
-        if let order { factMembers.append(("supervisionOrder", order)) }
-        if !keepApart.isEmpty { factMembers.append(("keepApart", .array(keepApart))) }
         if let reporter = json["reporter"] {
             try ExchangeService.only(reporter, ["kind", "protected", "consented"], at: "reporter")
-            factMembers.append(("reporter", reporter))
+            caseFacts.reporterKind = reporter["kind"]?.stringValue
+            caseFacts.reporterProtected = reporter["protected"]?.boolValue ?? false
+            caseFacts.reporterConsented = reporter["consented"]?.boolValue ?? false
         }
-        factMembers.append(
-            ("consents", .array(consents.map { c in
-                var m: [(String, JSONValue)] = [
-                    ("id", .string(c.id)), ("subject", .string(c.subject)), ("grantor", .string(c.grantor)),
-                    ("purposes", .array(c.purposes.map { .string($0) })), ("recipients", .array(c.recipients.map { .string($0) })),
-                    ("categories", .array(c.categories.map { .string($0) })), ("withdrawn", .bool(c.status != "active")),
-                ]
-                if let g = c.grantorRef { m.append(("grantorRef", .string(g))) }
-                if let v = c.validFrom { m.append(("validFrom", .string(v))) }
-                if let v = c.validUntil { m.append(("validUntil", .string(v))) }
-                return .object(m)
-            })))
-        let subjectJSON: [JSONValue] = subjects.map { s in
-            var m: [(String, JSONValue)] = [("ref", .string(s.ref)), ("role", .string(s.role)), ("competent", .bool(s.competent))]
-            if let age = s.age { m.append(("age", .number(Double(age)))) }
-            let custody = facts[s.ref]?["custody"]?["holders"]?.arrayValue ?? []
-            if !custody.isEmpty { m.append(("custody", .array(custody))) }
-            return .object(m)
+        for c in consents {
+            guard Vocabulary.grantors.contains(c.grantor) else { throw KetenpoortError(.invalidRequest, "a registered consent has an unknown grantor") }
+            caseFacts.consents.append(
+                ConsentFact(
+                    id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, purposes: Set(c.purposes), recipients: Set(c.recipients),
+                    categories: Set(c.categories), validFrom: c.validFrom, validUntil: c.validUntil, withdrawn: c.status != "active"))
         }
-        let decisionJSON: JSONValue = .object([
-            ("sender", .string(caller.id)), ("caseTable", .string(caseTable)), ("purpose", .string(purpose)), ("recipient", .string(recipient)),
-            ("basis", basis), ("subjects", .array(subjectJSON)), ("data", data), ("facts", .object(factMembers)),
-        ])
-        let decisionRequest = try DecisionRequest(json: decisionJSON)
+        var fields = Set<String>()
+        for (category, value) in categories {
+            for (field, _) in value.objectValue ?? [] { fields.insert(category + "." + field) }
+        }
+        let decisionRequest = DecisionRequest(
+            sender: caller.id, caseTable: caseTable, purpose: purpose, recipient: recipient, basis: try DecisionRequest.basis(basis),
+            subjects: subjects.map { s in
+                Subject(
+                    ref: s.ref, role: s.role, age: s.age, competent: s.competent,
+                    custodyHolders: (facts[s.ref]?["custody"]?["holders"]?.arrayValue ?? []).compactMap(\.stringValue))
+            },
+            fields: fields, facts: caseFacts)
         let snapshot = state.snapshot
         let decision = snapshot.policySet.evaluate(decisionRequest)
         let exchangeID = ExchangeService.timeOrderedID()
@@ -341,14 +371,31 @@ final class ExchangeService: Sendable {
             record.sideWrites.append(
                 ExchangeRepository.idempotentAnswerRow(sender: caller.id, key: idempotency.key, status: status, answer: answerWithoutSequence))
         }
-        let sequence = try await audit.record(record)
-        answerMembers.append(("logSequence", .number(Double(sequence))))
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: status == 201 ? "application/json" : "application/problem+json")
         if status == 201 { headers.add(name: "location", value: "/v1/exchanges/\(exchangeID)") }
-        return GatewayResponse(
-            status: status == 201 ? .created : .forbidden, headers: headers, body: Array(JSONValue.object(answerMembers).serialized().utf8),
-            route: "/v1/exchanges")
+        // The answer is serialised here, on the event loop; the writer thread only appends the
+        // log position as the last member (as `replay` does for a stored answer).
+        var answerPrefix = Array(answerWithoutSequence.utf8)
+        answerPrefix.removeLast()  // "}"
+        answerPrefix.append(contentsOf: (answerMembers.isEmpty ? "" : ",").utf8)
+        answerPrefix.append(contentsOf: "\"logSequence\":".utf8)
+        let answerBytes = answerPrefix
+        let repository = self.repository
+        let responseHeaders = headers
+        audit.record(record) { result in
+            switch result {
+            case .success(let sequence):
+                answer(
+                    GatewayResponse(
+                        status: status == 201 ? .created : .forbidden, headers: responseHeaders, body: answerBytes + Array("\(sequence)}".utf8),
+                        route: "/v1/exchanges"))
+            case .failure(let error):
+                // Nothing was logged or delivered: a retry with the same key may try again.
+                if let idempotency { try? repository.releaseIdempotencyKey(sender: caller.id, key: idempotency.key) }
+                answer(.problem(for: error, route: "/v1/exchanges"))
+            }
+        }
     }
 
     // MARK: GET /v1/exchanges/{id}

@@ -134,6 +134,16 @@ public struct GatewayApplication: GatewayResponder {
             return eventLoop.makeSucceededFuture(GatewayResponse.problem(.forbidden, code: .forbidden, title: "Forbidden", detail: "unidentified caller", route: "identity"))
         }
         let promise = eventLoop.makePromise(of: GatewayResponse.self)
+        if request.method == .POST, request.path == "/v1/exchanges" {
+            // The busiest route: decided here and answered from the log's writer thread.
+            let exchanges = self.exchanges
+            if exchanges.readsAreLocal {
+                exchanges.submitExchange(request, caller: caller) { promise.succeed($0) }
+            } else {
+                Task { exchanges.submitExchange(request, caller: caller) { promise.succeed($0) } }
+            }
+            return promise.futureResult
+        }
         promise.completeWithTask {
             if request.path == "/v1/reidentifications" { return await reidentify(request, caller: caller) }
             if ExchangeService.handles(request.path) { return await exchanges.respond(to: request, caller: caller) }

@@ -55,19 +55,30 @@ public final class GatewayAudit: Sendable {
     /// `audit_unavailable` (the caller refuses the request).
     @discardableResult
     public func record(_ record: AuditRecord) async throws -> Int64 {
-        do {
-            let sequence = try await log.append(record)
-            metrics.auditEntries.increment()
-            health.set(GatewayAudit.healthCheck, ready: true)
-            return sequence
-        } catch {
-            metrics.auditWriteFailures.increment()
-            health.set(GatewayAudit.healthCheck, ready: false)
-            // The storage message names the failure (SQLite's text), never the entry.
-            logger.error(
-                "audit log write failed; refusing requests that need it",
-                metadata: ["audit.kind": "\(record.kind)", "error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
-            throw KetenpoortError(.auditUnavailable, "the audit log cannot be written; the request was not carried out")
+        try await withCheckedThrowingContinuation { continuation in
+            self.record(record) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Appends `record` durably and calls `completion` on the log's writer thread with its
+    /// sequence number, or with `audit_unavailable` (the log is then marked unhealthy).
+    public func record(_ record: AuditRecord, completion: @escaping @Sendable (Result<Int64, KetenpoortError>) -> Void) {
+        let kind = record.kind
+        log.append(record) { [metrics, health, logger] result in
+            switch result {
+            case .success(let sequence):
+                metrics.auditEntries.increment()
+                health.set(GatewayAudit.healthCheck, ready: true)
+                completion(.success(sequence))
+            case .failure(let error):
+                metrics.auditWriteFailures.increment()
+                health.set(GatewayAudit.healthCheck, ready: false)
+                // The storage message names the failure (SQLite's text), never the entry.
+                logger.error(
+                    "audit log write failed; refusing requests that need it",
+                    metadata: ["audit.kind": "\(kind)", "error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
+                completion(.failure(KetenpoortError(.auditUnavailable, "the audit log cannot be written; the request was not carried out")))
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import KetenpoortCore
 import KetenpoortStore
+import Synchronization
 import Testing
 
 @testable import KetenpoortAudit
@@ -111,5 +112,45 @@ struct AuditLogTests {
         }
         other.close()
         log.close()
+    }
+
+    @Test("completion-based appends: each called once, after the commit, with its own number; a closed log fails them")
+    func completionAppends() async throws {
+        let path = temporaryPath()
+        let log = try AuditLog(path: path)
+        let results = Mutex<[Int: Int64]>([:])
+        let done = DispatchGroup()
+        for i in 0..<200 {
+            done.enter()
+            log.append(record(i)) { result in
+                results.withLock { map in
+                    #expect(map[i] == nil, "completion called twice")
+                    if case .success(let sequence) = result { map[i] = sequence }
+                }
+                done.leave()
+            }
+        }
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        let numbered = results.withLock { $0 }
+        #expect(numbered.count == 200)
+        #expect(Set(numbered.values) == Set(1...200))
+        // Every number the completion reported is durable: a fresh reader sees the entry.
+        #expect(try AuditVerifier.verify(path: path).entries == 200)
+        log.close()
+        let failed = Mutex<KetenpoortError?>(nil)
+        log.append(record(999)) { result in
+            if case .failure(let error) = result { failed.withLock { $0 = error as? KetenpoortError } }
+        }
+        #expect(failed.withLock { $0?.code } == .auditUnavailable)
+    }
+
+    @Test(
+        "retention dates: years added by hand, 29 February becomes 28 in a common year, malformed input unchanged",
+        arguments: [
+            ("2026-12-01", 5, "2031-12-01"), ("2024-02-29", 1, "2025-02-28"), ("2024-02-29", 4, "2028-02-29"), ("0999-01-09", 1, "1000-01-09"),
+            ("2026-1-01", 5, "2026-1-01"), ("2026-12-0x", 5, "2026-12-0x"), ("", 5, ""),
+        ])
+    func retentionDate(date: String, years: Int, expected: String) {
+        #expect(AuditRecorder.date(date, plusYears: years) == expected)
     }
 }

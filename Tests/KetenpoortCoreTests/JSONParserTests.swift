@@ -30,4 +30,27 @@ struct JSONParserTests {
             Issue.record("unexpected error")
         }
     }
+
+    @Test("strings: escapes written and read back, long runs copied whole, the length limit kept on both paths")
+    func strings() throws {
+        let samples = [
+            "", "plain", String(repeating: "x", count: 5_000), "quote \" backslash \\ slash /", "line\nbreak\ttab\r", "\u{01}\u{1F}",
+            "<script>&amp;</script>", "é ü € \u{1F600}", "x" + String(repeating: "\"", count: 3) + "y",
+        ]
+        for sample in samples {
+            let written = JSONValue.string(sample).serialized()
+            #expect(try JSONParser.parse(written) == .string(sample))
+            // Nothing that could end the string or open markup is left unescaped.
+            let inner = written.dropFirst().dropLast()
+            #expect(!inner.contains("<") && !inner.contains(">") && !inner.contains("&"))
+        }
+        #expect(JSONValue.string("a\"b\\c\n<").serialized() == #""a\"b\\c\n\u003c""#)
+        #expect(JSONValue.string("\u{07}").serialized() == #""\u0007""#)
+        let limits = JSONParser.Limits(maxDepth: 4, maxStringBytes: 8, maxMembers: 10)
+        #expect(try JSONParser.parse(bytes: Array(#""12345678""#.utf8), limits: limits) == .string("12345678"))
+        #expect(throws: KetenpoortError(.invalidJSON, "")) { try JSONParser.parse(bytes: Array(#""123456789""#.utf8), limits: limits) }
+        #expect(throws: KetenpoortError(.invalidJSON, "")) { try JSONParser.parse(bytes: Array(#""1234\n56789""#.utf8), limits: limits) }
+        // Invalid UTF-8 without escapes (the fast path) is refused too.
+        #expect(throws: KetenpoortError(.invalidJSON, "")) { try JSONParser.parse(bytes: [0x22, 0xC3, 0x28, 0x22]) }
+    }
 }

@@ -218,6 +218,10 @@ struct ApplierTests {
         #expect(Generalise.postcode4("3311 AB") == "3311")
         #expect(Generalise.postcode4("3311ab") == "3311")
         #expect(Generalise.postcode4("0311 AB") == nil)
+        #expect(Generalise.postcode4(" 3311  AB ") == "3311")
+        for malformed in ["3311 A", "3311 ABC", "33x1 AB", "3311 1B", "3311 ÄB", "", "331 1AB2"] {
+            #expect(Generalise.postcode4(malformed) == nil, "\(malformed)")
+        }
         #expect(Generalise.ageBand(birthDate: "2015-04-01", on: "2026-03-31") == "4-11")
         #expect(Generalise.ageBand(birthDate: "2014-04-01", on: "2026-04-01") == "12-15")
         #expect(Generalise.ageBand(birthDate: "1950-01-01", on: "2026-01-01") == "65+")

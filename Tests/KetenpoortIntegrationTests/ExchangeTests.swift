@@ -71,6 +71,9 @@ struct ExchangeTests {
         let sent = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
         #expect(sent.status == 201, "\(sent.body)")
         let exchangeID = try #require(sent.json?["exchangeId"]?.stringValue)
+        // A time-ordered id (UUID version 7, RFC 9562 variant), later than the refused one's.
+        #expect(exchangeID.range(of: "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", options: .regularExpression) != nil, "\(exchangeID)")
+        #expect(try #require(half.json?["exchangeId"]?.stringValue).prefix(13) <= exchangeID.prefix(13))
         #expect(sent.json?["released"] == ["health.summary", "identity.bsn", "identity.name"])
         #expect(sent.json?["withheld"] == ["concern_signal.summary"])
         #expect(sent.json?["review"]?.boolValue == false)
