@@ -164,8 +164,9 @@ final class ExchangeService: Sendable {
     static let exchangeMembers: Set<String> = ["caseTable", "purpose", "recipient", "caseRef", "basis", "subjects", "data", "reporter"]
 
     /// Whether the exchange tables are local (SQLite): reads then take microseconds and
-    /// `POST /v1/exchanges` runs on the connection's event loop. Over the network (PostgreSQL)
-    /// the synchronous part runs in a task instead, so an event loop never waits for a server.
+    /// `POST /v1/exchanges` runs on the connection's event loop. Over the network (PostgreSQL),
+    /// and for a request whose Idempotency-Key must be claimed (a write), the synchronous part
+    /// runs in a task instead, so an event loop never waits for a server or a lock.
     var readsAreLocal: Bool { repository.isLocal }
 
     /// `POST /v1/exchanges`: decides synchronously, then calls `answer` exactly once — at once

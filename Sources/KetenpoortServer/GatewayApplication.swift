@@ -136,8 +136,10 @@ public struct GatewayApplication: GatewayResponder {
         let promise = eventLoop.makePromise(of: GatewayResponse.self)
         if request.method == .POST, request.path == "/v1/exchanges" {
             // The busiest route: decided here and answered from the log's writer thread.
+            // Only reads happen before the log is written, unless an Idempotency-Key is claimed:
+            // that is a write which may wait for the log writer's commit, so it runs in a task.
             let exchanges = self.exchanges
-            if exchanges.readsAreLocal {
+            if exchanges.readsAreLocal, !request.headers.contains(name: "idempotency-key") {
                 exchanges.submitExchange(request, caller: caller) { promise.succeed($0) }
             } else {
                 Task { exchanges.submitExchange(request, caller: caller) { promise.succeed($0) } }
