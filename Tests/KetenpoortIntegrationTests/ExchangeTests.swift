@@ -303,6 +303,30 @@ struct ExchangeTests {
         #expect(r.stdout.contains("\"code\":\"exchange_denied\""))
     }
 
+    @Test("a log that cannot be written refuses the exchange (503 audit_unavailable, nothing delivered) and the next one succeeds once it can")
+    func logUnwritable() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        // Every write to a file now fails with EFBIG (a full disk): the entry cannot be committed.
+        let limit = try runProcess("/usr/bin/prlimit", ["--pid", String(gateway.pid), "--fsize=1:unlimited"])
+        #expect(limit.status == 0, "\(limit.stderr)")
+        let refused = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(refused.status == 503, "\(refused.body)")
+        #expect(refused.json?["code"]?.stringValue == "audit_unavailable")
+        #expect(refused.json?["exchangeId"] == nil)
+        _ = try runProcess("/usr/bin/prlimit", ["--pid", String(gateway.pid), "--fsize=unlimited:unlimited"])
+        let sent = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(sent.status == 201, "\(sent.body)")
+        await team.close()
+        // Only the accepted exchange reached the recipient.
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        let items = try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue ?? []
+        #expect(items.compactMap { $0["exchangeId"]?.stringValue } == [try #require(sent.json?["exchangeId"]?.stringValue)])
+        await vtClient.close()
+    }
+
     @Test("a restart loses nothing accepted: the inbox and the exchange state survive")
     func survivesRestart() async throws {
         let gateway = try GatewayProcess()
