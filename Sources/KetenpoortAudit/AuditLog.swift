@@ -373,15 +373,21 @@ final class WALCheckpointer: @unchecked Sendable {
 /// Lowercase hexadecimal.
 public enum Hex {
     public static func encode(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
         out.reserveCapacity(bytes.count * 2)
+        append(bytes, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the lowercase hexadecimal of `bytes` as UTF-8.
+    public static func append(_ bytes: some Sequence<UInt8>, to out: inout [UInt8]) {
         for b in bytes {
             out.append(digits[Int(b >> 4)])
             out.append(digits[Int(b & 0x0f)])
         }
-        return String(decoding: out, as: UTF8.self)
     }
+
+    private static let digits = Array("0123456789abcdef".utf8)
 
     public static func decode(_ text: String) -> [UInt8]? {
         let chars = Array(text.utf8)

@@ -322,15 +322,21 @@ public struct JSONParser {
             return value
         }
 
-        mutating func parseString() throws -> String {
-            index += 1  // opening quote
-            // The common case: no escape before the closing quote — one validation, one copy.
-            var end = index
+        /// The index of the first quote, backslash or control character from `start` (or the end).
+        func plainRunEnd(from start: Int) -> Int {
+            var end = start
             while end < bytes.count {
                 let d = bytes[end]
                 if d == 0x22 || d == 0x5C || d < 0x20 { break }
                 end += 1
             }
+            return end
+        }
+
+        mutating func parseString() throws -> String {
+            index += 1  // opening quote
+            // The common case: no escape before the closing quote — one validation, one copy.
+            let end = plainRunEnd(from: index)
             if end < bytes.count, bytes[end] == 0x22 {
                 guard end - index <= limits.maxStringBytes else { throw error("string longer than \(limits.maxStringBytes) bytes") }
                 guard let s = String(validating: bytes[index..<end], as: UTF8.self) else { throw error("string is not valid UTF-8") }
@@ -382,12 +388,7 @@ public struct JSONParser {
                 default:
                     guard c >= 0x20 else { throw error("control character in string") }
                     // Copy the run up to the next quote, backslash or control character at once.
-                    var end = index + 1
-                    while end < bytes.count {
-                        let d = bytes[end]
-                        if d == 0x22 || d == 0x5C || d < 0x20 { break }
-                        end += 1
-                    }
+                    let end = plainRunEnd(from: index + 1)
                     out.append(contentsOf: bytes[index..<end])
                     index = end
                 }

@@ -148,15 +148,11 @@ final class ExchangeService: Sendable {
         for i in 0..<6 { bytes[i] = UInt8((millis >> (40 - 8 * UInt64(i))) & 0xff) }
         bytes[6] = (bytes[6] & 0x0f) | 0x70  // version 7
         bytes[8] = (bytes[8] & 0x3f) | 0x80  // RFC 9562 variant
-        let digits: StaticString = "0123456789abcdef"
         var out = [UInt8]()
         out.reserveCapacity(36)
-        digits.withUTF8Buffer { hex in
-            for (i, b) in bytes.enumerated() {
-                if i == 4 || i == 6 || i == 8 || i == 10 { out.append(45) }
-                out.append(hex[Int(b >> 4)])
-                out.append(hex[Int(b & 0x0f)])
-            }
+        for (i, group) in [0..<4, 4..<6, 6..<8, 8..<10, 10..<16].enumerated() {
+            if i > 0 { out.append(UInt8(ascii: "-")) }
+            Hex.append(bytes[group], to: &out)
         }
         return String(decoding: out, as: UTF8.self)
     }
@@ -227,15 +223,22 @@ final class ExchangeService: Sendable {
 
     func replay(_ stored: ExchangeRepository.StoredAnswer) -> GatewayResponse {
         // The answer as first sent: its log position was its last member.
-        var answer = stored.answer
-        if let sequence = stored.logSequence, answer.hasSuffix("}") {
-            answer.removeLast()
-            answer += (answer.hasSuffix("{") ? "" : ",") + "\"logSequence\":\(sequence)}"
-        }
+        let body = stored.logSequence.map { ExchangeService.answer(stored.answer, logSequence: $0) } ?? Array(stored.answer.utf8)
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: stored.status == 201 ? "application/json" : "application/problem+json")
         headers.add(name: "idempotent-replayed", value: "true")
-        return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: Array(answer.utf8), route: "/v1/exchanges")
+        return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: body, route: "/v1/exchanges")
+    }
+
+    /// An answer stored without its log position (a JSON object), with `logSequence` appended as
+    /// its last member: the position is known only once the entry is numbered.
+    static func answer(_ stored: String, logSequence: Int64) -> [UInt8] {
+        var bytes = Array(stored.utf8)
+        guard bytes.last == UInt8(ascii: "}") else { return bytes }
+        bytes.removeLast()
+        if bytes.last != UInt8(ascii: "{") { bytes.append(UInt8(ascii: ",")) }
+        bytes.append(contentsOf: "\"logSequence\":\(logSequence)}".utf8)
+        return bytes
     }
 
     func decide(
@@ -375,13 +378,8 @@ final class ExchangeService: Sendable {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: status == 201 ? "application/json" : "application/problem+json")
         if status == 201 { headers.add(name: "location", value: "/v1/exchanges/\(exchangeID)") }
-        // The answer is serialised here, on the event loop; the writer thread only appends the
-        // log position as the last member (as `replay` does for a stored answer).
-        var answerPrefix = Array(answerWithoutSequence.utf8)
-        answerPrefix.removeLast()  // "}"
-        answerPrefix.append(contentsOf: (answerMembers.isEmpty ? "" : ",").utf8)
-        answerPrefix.append(contentsOf: "\"logSequence\":".utf8)
-        let answerBytes = answerPrefix
+        // The answer was serialised once, above; the log position is appended as its last member
+        // (as for a replayed answer).
         let repository = self.repository
         let responseHeaders = headers
         audit.record(record) { result in
@@ -389,7 +387,7 @@ final class ExchangeService: Sendable {
             case .success(let sequence):
                 answer(
                     GatewayResponse(
-                        status: status == 201 ? .created : .forbidden, headers: responseHeaders, body: answerBytes + Array("\(sequence)}".utf8),
+                        status: status == 201 ? .created : .forbidden, headers: responseHeaders, body: ExchangeService.answer(answerWithoutSequence, logSequence: sequence),
                         route: "/v1/exchanges"))
             case .failure(let error):
                 // Nothing was logged or delivered: a retry with the same key may try again.
