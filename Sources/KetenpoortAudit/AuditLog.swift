@@ -301,8 +301,8 @@ public final class AuditLog: @unchecked Sendable {
     /// (`sequence`, `time`, `kind`, `subjects`, `texts`, `retainUntil`, `erases`) override any
     /// member of the same name.
     public static func canonical(_ record: AuditRecord, sequence: Int64, time: String) -> String {
-        let reserved: Set<String> = ["sequence", "time", "kind", "subjects", "texts", "retainUntil", "erases"]
-        var members = record.members.filter { !reserved.contains($0.0) }
+        var members = record.members.filter { !reservedMembers.contains($0.0) }
+        members.reserveCapacity(members.count + 7)
         members.append(("sequence", .number(Double(sequence))))
         members.append(("time", .string(time)))
         members.append(("kind", .string(record.kind)))
@@ -314,6 +314,9 @@ public final class AuditLog: @unchecked Sendable {
         if !record.erases.isEmpty { members.append(("erases", .array(AuditLog.ranges(record.erases).map { .array([.number(Double($0.lowerBound)), .number(Double($0.upperBound))]) }))) }
         return JSONValue.object(members).serialized(sortedKeys: true)
     }
+
+    /// The log's own members, which override a record's member of the same name.
+    static let reservedMembers: Set<String> = ["sequence", "time", "kind", "subjects", "texts", "retainUntil", "erases"]
 
     /// Sorted sequences as closed ranges.
     public static func ranges(_ sequences: [Int64]) -> [ClosedRange<Int64>] {

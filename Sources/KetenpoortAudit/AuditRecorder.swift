@@ -75,8 +75,15 @@ public struct AuditRecorder: Sendable {
         }
         let released = obligations.releasedFields.map(\.path)
         let withheld = obligations.withheldFields.sorted()
+        // The categories of field paths (`identity.bsn` → `identity`), each once, sorted; a
+        // handful per exchange, so a list, not a set.
         func categories(_ paths: [String]) -> [String] {
-            Array(Set(paths.map { $0.split(separator: ".").first.map(String.init) ?? $0 })).sorted()
+            var result: [String] = []
+            for path in paths {
+                let category = path.firstIndex(of: ".").map { String(path[..<$0]) } ?? path
+                if !result.contains(category) { result.append(category) }
+            }
+            return result.sorted()
         }
         let sender = registry.partner(id: request.sender)
         let recipient = registry.partner(id: request.recipient)

@@ -103,7 +103,7 @@ public enum JSONValue: Sendable, Hashable {
             out.append(UInt8(ascii: "]"))
         case .object(let members):
             out.append(UInt8(ascii: "{"))
-            let ordered = sortedKeys ? members.sorted(by: { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }) : members
+            let ordered = sortedKeys ? members.sorted(by: { JSONValue.utf8Precedes($0.0, $1.0) }) : members
             for (index, (key, value)) in ordered.enumerated() {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
                 JSONValue.writeString(key, to: &out)
@@ -111,6 +111,24 @@ public enum JSONValue: Sendable, Hashable {
                 value.write(to: &out, sortedKeys: sortedKeys)
             }
             out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// Whether `a` sorts before `b` by UTF-8 bytes (the canonical key order), comparing the
+    /// strings' contiguous storage directly.
+    static func utf8Precedes(_ a: String, _ b: String) -> Bool {
+        var a = a
+        var b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                let common = min(x.count, y.count)
+                var i = 0
+                while i < common {
+                    if x[i] != y[i] { return x[i] < y[i] }
+                    i += 1
+                }
+                return x.count < y.count
+            }
         }
     }
 
@@ -218,6 +236,9 @@ public struct JSONParser {
             self.limits = limits
         }
 
+        /// Up to this many members, duplicate names are found by comparing with each earlier name.
+        static let scannedNames = 16
+
         func error(_ message: String) -> KetenpoortError {
             KetenpoortError(.invalidJSON, "\(message) at byte \(index)")
         }
@@ -258,7 +279,9 @@ public struct JSONParser {
         mutating func parseObject(depth: Int) throws -> JSONValue {
             index += 1
             var result: [(String, JSONValue)] = []
-            var seen = Set<String>()
+            // Duplicate names: a scan of the names so far for small objects (no hashing or set
+            // per object), a set once an object grows past that.
+            var seen: Set<String>? = nil
             skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
                 index += 1
@@ -268,7 +291,15 @@ public struct JSONParser {
                 skipWhitespace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
                 let key = try parseString()
-                guard seen.insert(key).inserted else { throw error("duplicate member name") }
+                if seen != nil {
+                    guard seen!.insert(key).inserted else { throw error("duplicate member name") }
+                } else if result.count < Cursor.scannedNames {
+                    for (name, _) in result where name == key { throw error("duplicate member name") }
+                } else {
+                    var names = Set(result.map(\.0))
+                    guard names.insert(key).inserted else { throw error("duplicate member name") }
+                    seen = names
+                }
                 skipWhitespace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
                 index += 1

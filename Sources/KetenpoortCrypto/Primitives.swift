@@ -23,11 +23,16 @@ public enum Crypto {
         return bytes
     }
 
+    /// SHA-256 and AES-256-GCM fetched from the provider once: `EVP_sha256()` and
+    /// `EVP_aes_256_gcm()` make OpenSSL 3 look the algorithm up (under a lock) on every use.
+    nonisolated(unsafe) static let sha256Digest: OpaquePointer? = EVP_MD_fetch(nil, "SHA256", nil)
+    nonisolated(unsafe) static let aes256GCM: OpaquePointer? = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil)
+
     /// SHA-256.
     public static func sha256(_ data: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
-        _ = EVP_Digest(data, data.count, &out, &length, EVP_sha256(), nil)
+        _ = EVP_Digest(data, data.count, &out, &length, sha256Digest ?? EVP_sha256(), nil)
         return out
     }
 
@@ -190,24 +195,37 @@ public struct AESGCM: Sendable {
     }
 
     public func seal(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws -> [UInt8] {
-        let nonce = try Crypto.randomBytes(12)
+        try seal(plaintext, associatedData: associatedData, after: [])
+    }
+
+    /// `prefix ‖ nonce ‖ ciphertext ‖ tag`, written into one buffer (the prefix is not
+    /// authenticated unless it is also in `associatedData`).
+    public func seal(_ plaintext: [UInt8], associatedData: [UInt8] = [], after prefix: [UInt8]) throws -> [UInt8] {
         ERR_clear_error()
         guard let ctx = EVP_CIPHER_CTX_new() else { throw Crypto.failure("cipher context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
-        guard EVP_EncryptInit_ex2(ctx, EVP_aes_256_gcm(), key, nonce, nil) == 1 else { throw Crypto.failure("AES-GCM init") }
-        var outLength: Int32 = 0
-        if !associatedData.isEmpty {
-            guard EVP_EncryptUpdate(ctx, nil, &outLength, associatedData, Int32(associatedData.count)) == 1 else { throw Crypto.failure("AES-GCM AAD") }
+        let start = prefix.count
+        var out = [UInt8](repeating: 0, count: start + 12 + plaintext.count + 16)
+        let sealedLength = try out.withUnsafeMutableBufferPointer { buffer -> Int in
+            let base = buffer.baseAddress!
+            if start > 0 { prefix.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: start) } }
+            let nonce = base + start
+            guard RAND_bytes(nonce, 12) == 1 else { throw Crypto.failure("random generation") }
+            guard EVP_EncryptInit_ex2(ctx, Crypto.aes256GCM ?? EVP_aes_256_gcm(), key, nonce, nil) == 1 else { throw Crypto.failure("AES-GCM init") }
+            var outLength: Int32 = 0
+            if !associatedData.isEmpty {
+                guard EVP_EncryptUpdate(ctx, nil, &outLength, associatedData, Int32(associatedData.count)) == 1 else { throw Crypto.failure("AES-GCM AAD") }
+            }
+            let ciphertext = nonce + 12
+            guard EVP_EncryptUpdate(ctx, ciphertext, &outLength, plaintext, Int32(plaintext.count)) == 1 else { throw Crypto.failure("AES-GCM encrypt") }
+            var finalLength: Int32 = 0
+            guard EVP_EncryptFinal_ex(ctx, ciphertext + Int(outLength), &finalLength) == 1 else { throw Crypto.failure("AES-GCM final") }
+            let written = Int(outLength + finalLength)
+            guard EVP_CIPHER_CTX_ctrl(ctx, kp_EVP_CTRL_AEAD_GET_TAG(), 16, ciphertext + written) == 1 else { throw Crypto.failure("AES-GCM tag") }
+            return start + 12 + written + 16
         }
-        var ciphertext = [UInt8](repeating: 0, count: plaintext.count + 16)
-        guard EVP_EncryptUpdate(ctx, &ciphertext, &outLength, plaintext, Int32(plaintext.count)) == 1 else { throw Crypto.failure("AES-GCM encrypt") }
-        var finalLength: Int32 = 0
-        guard ciphertext.withUnsafeMutableBufferPointer({ EVP_EncryptFinal_ex(ctx, $0.baseAddress! + Int(outLength), &finalLength) }) == 1 else {
-            throw Crypto.failure("AES-GCM final")
-        }
-        var tag = [UInt8](repeating: 0, count: 16)
-        guard EVP_CIPHER_CTX_ctrl(ctx, kp_EVP_CTRL_AEAD_GET_TAG(), 16, &tag) == 1 else { throw Crypto.failure("AES-GCM tag") }
-        return nonce + ciphertext.prefix(Int(outLength + finalLength)) + tag
+        if sealedLength < out.count { out.removeLast(out.count - sealedLength) }
+        return out
     }
 
     public func open(_ sealed: [UInt8], associatedData: [UInt8] = []) throws -> [UInt8] {
@@ -218,7 +236,7 @@ public struct AESGCM: Sendable {
         ERR_clear_error()
         guard let ctx = EVP_CIPHER_CTX_new() else { throw Crypto.failure("cipher context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
-        guard EVP_DecryptInit_ex2(ctx, EVP_aes_256_gcm(), key, nonce, nil) == 1 else { throw Crypto.failure("AES-GCM init") }
+        guard EVP_DecryptInit_ex2(ctx, Crypto.aes256GCM ?? EVP_aes_256_gcm(), key, nonce, nil) == 1 else { throw Crypto.failure("AES-GCM init") }
         var outLength: Int32 = 0
         if !associatedData.isEmpty {
             guard EVP_DecryptUpdate(ctx, nil, &outLength, associatedData, Int32(associatedData.count)) == 1 else { throw Crypto.failure("AES-GCM AAD") }

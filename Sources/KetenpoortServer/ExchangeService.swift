@@ -127,7 +127,7 @@ final class ExchangeService: Sendable {
     func sealPayload(_ payload: JSONValue, recipient: String, exchangeID: String) throws -> [UInt8] {
         let keys = audit.keys.keys
         let gcm = try AESGCM(key: try keys.derivedKey(use: "inbox", domain: recipient))
-        return Array(keys.currentKeyID.utf8) + [0] + (try gcm.seal(Array(payload.serialized().utf8), associatedData: Array(exchangeID.utf8)))
+        return try gcm.seal(payload.serializedBytes(), associatedData: Array(exchangeID.utf8), after: Array(keys.currentKeyID.utf8) + [0])
     }
 
     func openPayload(_ sealed: [UInt8], recipient: String, exchangeID: String) throws -> JSONValue {

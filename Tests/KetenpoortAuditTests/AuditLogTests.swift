@@ -153,4 +153,18 @@ struct AuditLogTests {
     func retentionDate(date: String, years: Int, expected: String) {
         #expect(AuditRecorder.date(date, plusYears: years) == expected)
     }
+
+    @Test(
+        "log timestamps: RFC 3339 in UTC with milliseconds, digits written by hand, read back by the parser",
+        arguments: [
+            // Fractions exact in binary, so the milliseconds are exact too.
+            (0.0, "1970-01-01T00:00:00.000Z"), (951_782_400.5, "2000-02-29T00:00:00.500Z"), (1_796_083_199.875, "2026-11-30T23:59:59.875Z"),
+            (1_796_000_000.125, "2026-11-30T00:53:20.125Z"), (4_102_444_800.25, "2100-01-01T00:00:00.250Z"),
+        ])
+    func timestamp(seconds: Double, expected: String) throws {
+        let text = AuditClock.timestamp(Date(timeIntervalSince1970: seconds))
+        #expect(text == expected)
+        let back = try #require(AuditClock.parse(text))
+        #expect(abs(back.timeIntervalSince1970 - seconds) < 0.001)
+    }
 }

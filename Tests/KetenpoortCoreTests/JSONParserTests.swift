@@ -20,6 +20,31 @@ struct JSONParserTests {
         #expect(throws: KetenpoortError(.invalidJSON, "")) { try JSONParser.parse(text) }
     }
 
+    @Test("duplicate member names are refused in small and large objects, wherever the repeat falls")
+    func duplicateNames() throws {
+        // Small objects compare each name with the earlier ones; from 16 members on, a set is used.
+        for count in [2, 15, 16, 17, 40] {
+            let names = (0..<count).map { "m\($0)" }
+            let unique = "{" + names.map { "\"\($0)\":1" }.joined(separator: ",") + "}"
+            #expect(try JSONParser.parse(unique).objectValue?.count == count)
+            for repeated in [0, count / 2, count - 1] {
+                let text = "{" + (names + [names[repeated]]).map { "\"\($0)\":1" }.joined(separator: ",") + "}"
+                #expect(throws: KetenpoortError(.invalidJSON, "")) { try JSONParser.parse(text) }
+            }
+        }
+        // The same name in different objects is not a repeat.
+        #expect(try JSONParser.parse(#"{"a":{"a":1},"b":{"a":2}}"#).objectValue?.count == 2)
+    }
+
+    @Test("sorted keys follow UTF-8 byte order (the log's canonical form), nested objects too")
+    func sortedKeys() {
+        let value: JSONValue = .object([
+            ("b", 1), ("é", 2), ("aa", 3), ("B", 4), ("", 5), ("a", .object([("z", 1), ("y", 2)])), ("\u{1F600}", 6), ("ab", 7),
+        ])
+        #expect(value.serialized(sortedKeys: true) == #"{"":5,"B":4,"a":{"y":2,"z":1},"aa":3,"ab":7,"b":1,"é":2,"😀":6}"#)
+        #expect(value.serialized() == #"{"b":1,"é":2,"aa":3,"B":4,"":5,"a":{"z":1,"y":2},"😀":6,"ab":7}"#)
+    }
+
     @Test("errors do not echo values")
     func noEcho() {
         do {

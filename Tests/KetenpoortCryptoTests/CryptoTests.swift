@@ -83,6 +83,40 @@ struct VectorTests {
         let twice = try gcm.seal(Array("payload".utf8))
         #expect(once != twice)
     }
+
+    @Test("AES-256-GCM opens the published test vector (GCM specification, McGrew and Viega, test case 15)")
+    func aesGCMKnownAnswer() throws {
+        func bytes(_ hex: String) -> [UInt8] {
+            var out: [UInt8] = []
+            var index = hex.startIndex
+            while index < hex.endIndex {
+                let next = hex.index(index, offsetBy: 2)
+                out.append(UInt8(hex[index..<next], radix: 16)!)
+                index = next
+            }
+            return out
+        }
+        let gcm = try AESGCM(key: bytes("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"))
+        let plaintext = bytes(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255")
+        let sealed = bytes("cafebabefacedbaddecaf888")
+            + bytes("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad")
+            + bytes("b094dac5d93471bdec1a502270e3cc6c")
+        #expect(try gcm.open(sealed) == plaintext)
+    }
+
+    @Test("AES-256-GCM sealed after a prefix: prefix kept, nonce ‖ ciphertext ‖ tag after it, any length")
+    func aesGCMPrefix() throws {
+        let gcm = try AESGCM(key: try Crypto.randomBytes(32))
+        let prefix = Array("k1".utf8) + [0]
+        for length in [0, 1, 16, 2_000] {
+            let plaintext = (0..<length).map { UInt8(truncatingIfNeeded: $0 * 7) }
+            let sealed = try gcm.seal(plaintext, associatedData: Array("exchange-1".utf8), after: prefix)
+            #expect(sealed.count == prefix.count + 12 + length + 16)
+            #expect(Array(sealed.prefix(prefix.count)) == prefix)
+            #expect(try gcm.open(Array(sealed.dropFirst(prefix.count)), associatedData: Array("exchange-1".utf8)) == plaintext)
+        }
+    }
 }
 
 @Suite("Pseudonyms, tokens and keys")
