@@ -97,6 +97,11 @@ def main():
         # The reference at the same paced rate: nginx's tail shows this machine's own floor
         # (scheduling hiccups of the virtual machine and the load generator).
         paced_nginx = load(binary, nport, pki, "jgz-zhz", args.smoke, nworker, static[:-2] + ["--duration", str(seconds), "--rate", str(half)])
+        # The floor under an exchange: the same 2 KB request over the same TLS and HTTP path,
+        # refused before any work (415: wrong content type), nothing parsed, decided or written.
+        refused = load(binary, gport, pki, "jgz-zhz", args.smoke, gateway.pid,
+                       ["/v1/exchanges", "--method", "POST", "--body", body_path, "--header", "content-type: text/plain",
+                        "--connections", "16", "--duration", str(seconds), "--expect-status", "415"])
     finally:
         gateway.send_signal(signal.SIGTERM)
         nginx.send_signal(signal.SIGQUIT)
@@ -114,11 +119,12 @@ def main():
     print(f"{'ratio':44} {ours / max(theirs, 1e-9):10.3f}   (goal >= 0.5)")
     print(f"at half that load ({half:.0f}/s): p50 {paced['latency_p50_ms']:.3f} ms, p99 {paced['latency_p99_ms']:.3f} ms, p99.9 {paced.get('latency_p999_ms', 0):.3f} ms   (goal p99 <= 10 ms)")
     print(f"nginx at the same rate:        p50 {paced_nginx['latency_p50_ms']:.3f} ms, p99 {paced_nginx['latency_p99_ms']:.3f} ms, p99.9 {paced_nginx.get('latency_p999_ms', 0):.3f} ms   (the machine's floor)")
+    print(f"the same request refused unread (415):  {refused['requests_per_second']:10.1f}/s   CPU {refused.get('server_cpu_us_per_request', 0):7.1f} µs/req   (TLS and HTTP alone)")
     print(f"log: {verify.stdout.strip().splitlines()[0] if verify.stdout else verify.stderr.strip()}")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "exchanges-smoke.json" if args.smoke else "exchanges.json")
     with open(out, "w") as f:
-        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced, "half_load_nginx": paced_nginx,
+        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced, "half_load_nginx": paced_nginx, "refused_unread": refused,
                    "body_bytes": size, "cpu_steal_percent": round(steal, 1), "machine": common.machine()}, f, indent=2)
     print(f"written {out}")
     if verify.returncode != 0:
