@@ -184,10 +184,8 @@ final class PolicyFileReader {
 
     func date(_ node: Node?, _ key: String) -> String? {
         guard let node else { return nil }
-        guard let text = node.scalar?.string, text.count == 10, text.split(separator: "-").count == 3,
-            text.allSatisfy({ $0.isNumber || $0 == "-" })
-        else {
-            error(node, "`\(key)` must be a date YYYY-MM-DD")
+        guard let text = node.scalar?.string, CalendarDate.isValid(text) else {
+            error(node, "`\(key)` must be a date YYYY-MM-DD (a real day)")
             return nil
         }
         return text

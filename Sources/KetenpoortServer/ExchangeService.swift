@@ -114,8 +114,8 @@ final class ExchangeService: Sendable {
 
     static func date(_ value: JSONValue?, _ path: String) throws -> String? {
         guard let value else { return nil }
-        guard let s = value.stringValue, s.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
-            throw KetenpoortError(.invalidRequest, "`\(path)` must be a date YYYY-MM-DD")
+        guard let s = value.stringValue, CalendarDate.isValid(s) else {
+            throw KetenpoortError(.invalidRequest, "`\(path)` must be a date YYYY-MM-DD (a real day)")
         }
         return s
     }

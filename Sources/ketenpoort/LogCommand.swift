@@ -307,8 +307,8 @@ struct LogRetention: AsyncParsableCommand {
 
     func run() async throws {
         let day = today ?? String(AuditClock.timestamp().prefix(10))
-        guard day.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
-            throw KetenpoortError(.invalidInput, "--today must be a day as YYYY-MM-DD")
+        guard CalendarDate.isValid(day) else {
+            throw KetenpoortError(.invalidInput, "--today must be a real day as YYYY-MM-DD")
         }
         try requireDatabase(db)
         let keys = try keyOptions.loadIfGiven(db: db)

@@ -253,6 +253,9 @@ struct ExchangeTests {
         #expect(method.status == 405 && code(method) == "method_not_allowed")
         let tooYoung = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "parent_with_custody", with: "self"))
         #expect(tooYoung.status == 422 && tooYoung.json?["detail"]?.stringValue?.contains("under 12") == true)
+        // A validity date that is not a real day would move the period when compared as text.
+        let notADay = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "\"categories\"", with: "\"validUntil\": \"2026-02-30\", \"categories\""))
+        #expect(notADay.status == 422 && code(notADay) == "invalid_request" && notADay.json?["detail"]?.stringValue?.contains("validUntil") == true)
         let notEntitled = try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "vt-investigation", "subject": "\#(Self.child)", "open": true}"#)
         #expect(notEntitled.status == 403 && code(notEntitled) == "forbidden")
         let key = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["a"]), headers: [("idempotency-key", "same")])
@@ -361,6 +364,9 @@ struct ExchangeTests {
         await team.close()
         #expect(gateway.stop() == 0)
         let db = gateway.directory + "/ketenpoort.db"
+        // A day that does not exist is refused before anything is erased (exit 2, one line).
+        let notADay = try ketenpoort(["log", "retention", "--db", db, "--keys", gateway.directory + "/keys", "--today", "2100-02-29"])
+        #expect(notADay.status == 2 && notADay.stderr.contains("--today must be a real day"), "\(notADay.stderr)")
         let dry = try ketenpoort(["log", "retention", "--db", db, "--keys", gateway.directory + "/keys", "--today", "2100-01-01", "--dry-run"])
         #expect(dry.stdout.contains("1 entry has expired"), "\(dry.stdout)\(dry.stderr)")
         let run = try ketenpoort(["log", "retention", "--db", db, "--keys", gateway.directory + "/keys", "--today", "2100-01-01"])
