@@ -150,6 +150,8 @@ let package = Package(
                 "KetenpoortCrypto", "KetenpoortAudit", "KetenpoortStore", "KetenpoortReports",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
     ]

@@ -64,10 +64,13 @@ final class ConnectionClock {
 
     func responseCompleted() { enter(.idle) }
 
+    /// Stops the clock for good and lets go of the timeout callback (which holds the
+    /// connection's context: kept, it would keep the whole pipeline alive after the close).
     func cancel() {
         stopped = true
         ticker?.cancel()
         ticker = nil
+        onRequestTimeout = nil
     }
 
     private func enter(_ next: Phase) {
@@ -91,8 +94,9 @@ final class ConnectionClock {
             }
         case .handling:
             if elapsed >= requestTimeout {
+                let timedOut = onRequestTimeout
                 cancel()
-                if let onRequestTimeout { onRequestTimeout() } else { context.close(promise: nil) }
+                if let timedOut { timedOut() } else { context.close(promise: nil) }
             }
         }
     }
@@ -148,6 +152,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
         /// The request was refused before its body was read; the rest of it is ignored.
         case discarding
         case responding
+        /// The answer is written but the client is not reading it (the channel is not
+        /// writable): what arrives meanwhile waits, bounded, until it reads again.
+        case awaitingWritability
     }
 
     private let responder: GatewayResponder
@@ -168,6 +175,10 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
         self.limits = limits
         self.metrics = metrics
         self.clock = clock
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        clock.onRequestTimeout = nil
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -199,9 +210,12 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
-        if case .responding = state {
+        switch state {
+        case .responding, .awaitingWritability:
             queuePipelined(part, context: context)
             return
+        default:
+            break
         }
         if !pipelined.isEmpty {
             queuePipelined(part, context: context)
@@ -223,9 +237,21 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
         }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .awaitingWritability = state, context.channel.isWritable {
+            state = .idle
+            clock.responseCompleted()
+            drainPipelined(context: context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     private func drainPipelined(context: ChannelHandlerContext) {
         while !pipelined.isEmpty {
-            if case .responding = state { return }
+            switch state {
+            case .responding, .awaitingWritability: return
+            default: break
+            }
             let part = pipelined.removeFirst()
             if case .body(let chunk) = part { pipelinedBytes -= chunk.readableBytes }
             handle(part, context: context)
@@ -238,6 +264,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
             clock.headReceived()
             responseStarted = false
             if !head.isKeepAlive { closeAfterResponse = true }
+            // After a protocol upgrade or CONNECT the HTTP parser stops: nothing more on this
+            // connection would be read as a request. Answer this one, then close.
+            if head.method == .CONNECT || head.headers.contains(name: "upgrade") { closeAfterResponse = true }
             if let refusal = refusal(for: head) {
                 state = .discarding
                 closeAfterResponse = true
@@ -287,7 +316,7 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
                 }
             case .discarding:
                 break  // the refusal was written when the head or the body arrived
-            case .idle, .responding:
+            case .idle, .responding, .awaitingWritability:
                 break
             }
         }
@@ -338,10 +367,20 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
+            // A client that does not read its last answer is not waited for beyond the header
+            // timeout: the write may never complete, and the clock has stopped.
+            context.eventLoop.assumeIsolated().scheduleTask(in: ConnectionClock.amount(limits.headerTimeout)) {
+                if context.channel.isActive { context.close(promise: nil) }
+            }
             return
         }
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         if case .discarding = state { return }
+        guard context.channel.isWritable else {
+            // Answers pile up unread: take no new request until the client reads.
+            state = .awaitingWritability
+            return
+        }
         // The response is queued in order: the next pipelined request may start.
         state = .idle
         clock.responseCompleted()
@@ -351,7 +390,15 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // A malformed request gets 400 and the connection ends; TLS failures are counted by the
         // TLS handler and end the connection too.
-        if error is HTTPParserError, context.channel.isActive, !responseStarted || isIdle {
+        if error is HTTPParserError, context.channel.isActive, case .responding = state {
+            // The bad bytes follow a request still being answered: that request gets its own
+            // answer, then the connection ends (nothing after the bad bytes is read).
+            closeAfterResponse = true
+            pipelined.removeAll()
+            pipelinedBytes = 0
+            return
+        }
+        if error is HTTPParserError, context.channel.isActive, !responseStarted || isIdle || isAwaitingWritability {
             closeAfterResponse = true
             state = .discarding
             write(
@@ -365,6 +412,11 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
 
     private var isIdle: Bool {
         if case .idle = state { return true }
+        return false
+    }
+
+    private var isAwaitingWritability: Bool {
+        if case .awaitingWritability = state { return true }
         return false
     }
 }

@@ -94,9 +94,10 @@ final class TestHTTPSClient: @unchecked Sendable {
 
     /// Sends a request head announcing `contentLength` body bytes and returns the future
     /// response; the body follows with ``sendBody(_:end:)``.
-    func startRequest(_ path: String, method: HTTPMethod, contentLength: Int) async throws -> EventLoopFuture<TestResponse> {
+    func startRequest(_ path: String, method: HTTPMethod, contentLength: Int, headers: [(String, String)] = []) async throws -> EventLoopFuture<TestResponse> {
         var h = HTTPHeaders()
         h.add(name: "host", value: "localhost")
+        for (name, value) in headers { h.add(name: name, value: value) }
         h.add(name: "content-length", value: String(contentLength))
         let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: h)
         let promise = channel.eventLoop.makePromise(of: TestResponse.self)
