@@ -107,6 +107,16 @@ final class ExchangeService: Sendable {
         }
     }
 
+    /// An optional boolean member: absent gives `default`; anything but `true` or `false` is
+    /// refused (a `"false"` read as "not given" would quietly turn into the default).
+    static func flag(_ value: JSONValue?, _ path: String, default fallback: Bool) throws -> Bool {
+        guard let value else { return fallback }
+        guard let b = value.boolValue else { throw KetenpoortError(.invalidRequest, "`\(path)` must be true or false") }
+        return b
+    }
+
+    static let reporterKinds: Set<String> = ["professional", "bystander"]
+
     static func bsn(_ value: JSONValue?, _ path: String) throws -> BSN {
         guard let text = value?.stringValue else { throw KetenpoortError(.invalidRequest, "`\(path)` is required (nine digits)") }
         do { return try BSN(text) } catch { throw KetenpoortError(.invalidBSN, "`\(path)` is not a valid BSN (nine digits passing the 11-check)") }
@@ -271,7 +281,8 @@ final class ExchangeService: Sendable {
             if let age = item["age"], age.intValue.map({ (0...130).contains($0) }) != true {
                 throw KetenpoortError(.invalidRequest, "`subjects[\(i)].age` must be a whole number of years")
             }
-            subjects.append((bsn, try logRef(bsn), role, item["age"]?.intValue, item["competent"]?.boolValue ?? true))
+            let competent = try ExchangeService.flag(item["competent"], "subjects[\(i)].competent", default: true)
+            subjects.append((bsn, try logRef(bsn), role, item["age"]?.intValue, competent))
         }
         let refs = subjects.map(\.ref)
         let facts = try repository.facts(caseTable: caseTable, subjects: refs)
@@ -293,10 +304,17 @@ final class ExchangeService: Sendable {
             }
         }
         if let reporter = json["reporter"] {
+            // Reporter protection turns on exact values (a bystander, a protected reporter): a
+            // misspelt kind or a quoted boolean would switch it off silently, so they are refused.
             try ExchangeService.only(reporter, ["kind", "protected", "consented"], at: "reporter")
-            caseFacts.reporterKind = reporter["kind"]?.stringValue
-            caseFacts.reporterProtected = reporter["protected"]?.boolValue ?? false
-            caseFacts.reporterConsented = reporter["consented"]?.boolValue ?? false
+            if let kind = reporter["kind"] {
+                guard let k = kind.stringValue, ExchangeService.reporterKinds.contains(k) else {
+                    throw KetenpoortError(.invalidRequest, "`reporter.kind` must be one of \(ExchangeService.reporterKinds.sorted().joined(separator: ", "))")
+                }
+                caseFacts.reporterKind = k
+            }
+            caseFacts.reporterProtected = try ExchangeService.flag(reporter["protected"], "reporter.protected", default: false)
+            caseFacts.reporterConsented = try ExchangeService.flag(reporter["consented"], "reporter.consented", default: false)
         }
         for c in consents {
             guard Vocabulary.grantors.contains(c.grantor) else { throw KetenpoortError(.invalidRequest, "a registered consent has an unknown grantor") }
@@ -447,7 +465,7 @@ final class ExchangeService: Sendable {
         guard let age = subject["age"]?.intValue, (0...130).contains(age) else {
             throw KetenpoortError(.invalidRequest, "`subject.age` (whole years) is required: who may consent depends on it")
         }
-        let competent = subject["competent"]?.boolValue ?? true
+        let competent = try ExchangeService.flag(subject["competent"], "subject.competent", default: true)
         guard let grantor = json["grantor"] else { throw KetenpoortError(.invalidRequest, "`grantor` is required: {capacity, bsn}") }
         try ExchangeService.only(grantor, ["capacity", "bsn"], at: "grantor")
         let capacity = try ExchangeService.text(grantor["capacity"], "grantor.capacity")!

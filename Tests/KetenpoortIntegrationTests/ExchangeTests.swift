@@ -246,6 +246,15 @@ struct ExchangeTests {
         let badBSN = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"bsn\": \"\(Self.child)\", \"role\"", with: "\"bsn\": \"999990018\", \"role\""))
         #expect(badBSN.status == 422 && code(badBSN) == "invalid_bsn")
         #expect(!badBSN.body.contains("999990018"))
+        // Values that would switch reporter protection or competence off silently are refused.
+        for (member, path) in [
+            (#""reporter": {"kind": "Bystander"}, "#, "reporter.kind"), (#""reporter": {"kind": "bystander", "protected": "true"}, "#, "reporter.protected"),
+        ] {
+            let r = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"subjects\":", with: member + "\"subjects\":"))
+            #expect(r.status == 422 && code(r) == "invalid_request" && r.json?["detail"]?.stringValue?.contains(path) == true, "\(r.body)")
+        }
+        let quotedFlag = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"age\": 9}", with: "\"age\": 9, \"competent\": \"false\"}"))
+        #expect(quotedFlag.status == 422 && quotedFlag.json?["detail"]?.stringValue?.contains("subjects[0].competent") == true, "\(quotedFlag.body)")
         let denied = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["no-such-consent"]))
         #expect(denied.status == 403 && code(denied) == "exchange_denied")
         #expect(try await team.request("/v1/exchanges/nope").status == 404)
@@ -253,6 +262,11 @@ struct ExchangeTests {
         #expect(method.status == 405 && code(method) == "method_not_allowed")
         let tooYoung = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "parent_with_custody", with: "self"))
         #expect(tooYoung.status == 422 && tooYoung.json?["detail"]?.stringValue?.contains("under 12") == true)
+        // A 14-year-old "not competent" given as text must not become a competent self-consent.
+        let selfConsent = Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "\"age\": 9}", with: "\"age\": 14, \"competent\": \"false\"}")
+            .replacingOccurrences(of: "\"capacity\": \"parent_with_custody\", \"bsn\": \"\(Self.mother)\"", with: "\"capacity\": \"self\"")
+        let quotedCompetence = try await post(team, "/v1/consents", selfConsent)
+        #expect(quotedCompetence.status == 422 && quotedCompetence.json?["detail"]?.stringValue?.contains("subject.competent") == true, "\(quotedCompetence.body)")
         // A validity date that is not a real day would move the period when compared as text.
         let notADay = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "\"categories\"", with: "\"validUntil\": \"2026-02-30\", \"categories\""))
         #expect(notADay.status == 422 && code(notADay) == "invalid_request" && notADay.json?["detail"]?.stringValue?.contains("validUntil") == true)
