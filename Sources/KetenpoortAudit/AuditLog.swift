@@ -120,6 +120,13 @@ public final class AuditLog: @unchecked Sendable {
     private let schedule: CheckpointSchedule
     private var checkpointRequested: [CheckedContinuation<StoredCheckpoint?, Error>] = []
     private let walCheckpointer: WALCheckpointer?
+    /// Told after every commit (or probe) whether the log could be written; runs on the writer
+    /// thread. The gateway's readiness follows it.
+    public typealias CommitObserver = @Sendable (_ written: Bool) -> Void
+    private let observer: CommitObserver?
+    /// After a failed commit the writer probes the store this often, so the log is found
+    /// writable again without waiting for a request (which a not-ready instance may never get).
+    static let probeInterval: TimeInterval = 1
 
     public convenience init(
         path: String, synchronous: SQLiteDatabase.Synchronous = .full, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil,
@@ -128,8 +135,12 @@ public final class AuditLog: @unchecked Sendable {
         try self.init(store: try SQLiteAuditStore(path: path, synchronous: synchronous), maxBatch: maxBatch, signer: signer, schedule: schedule)
     }
 
-    public init(store: AuditStore, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil, schedule: CheckpointSchedule = CheckpointSchedule()) throws {
+    public init(
+        store: AuditStore, maxBatch: Int = 1_024, signer: CheckpointSigner? = nil, schedule: CheckpointSchedule = CheckpointSchedule(),
+        observer: CommitObserver? = nil
+    ) throws {
         self.store = store
+        self.observer = observer
         _ = try store.tail()
         self.maxBatch = maxBatch
         self.signer = signer
@@ -193,10 +204,13 @@ public final class AuditLog: @unchecked Sendable {
 
     private func writeLoop() {
         var lastWrite = Date()
+        var writable = true
         while true {
             condition.lock()
             while pending.isEmpty && checkpointRequested.isEmpty && !stopped {
-                if signer != nil {
+                if !writable {
+                    if !condition.wait(until: Date(timeIntervalSinceNow: AuditLog.probeInterval)) { break }
+                } else if signer != nil {
                     if !condition.wait(until: Date(timeIntervalSinceNow: max(0.05, schedule.seconds / 4))) { break }
                 } else {
                     condition.wait()
@@ -213,8 +227,14 @@ public final class AuditLog: @unchecked Sendable {
             let requests = checkpointRequested
             checkpointRequested = []
             condition.unlock()
-            if !batch.isEmpty || !requests.isEmpty || Date().timeIntervalSince(lastWrite) >= schedule.seconds / 4 {
-                write(batch, forceCheckpoint: !requests.isEmpty, requests: requests)
+            if !batch.isEmpty || !requests.isEmpty {
+                writable = write(batch, forceCheckpoint: !requests.isEmpty, requests: requests)
+                lastWrite = Date()
+            } else if !writable {
+                // An empty commit writes nothing and would pass on a full disk: probe with a row.
+                writable = probe()
+            } else if Date().timeIntervalSince(lastWrite) >= schedule.seconds / 4 {
+                writable = write([], forceCheckpoint: false, requests: [])
                 lastWrite = Date()
             }
         }
@@ -227,7 +247,31 @@ public final class AuditLog: @unchecked Sendable {
         return now.timeIntervalSince(last) >= schedule.seconds
     }
 
-    private func write(_ batch: [(AuditRecord, Completion)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) {
+    /// Commits one row outside the log (`audit_health`): whether the store takes a durable write.
+    private func probe() -> Bool {
+        let written: Bool
+        do {
+            _ = try store.append { tail in
+                var batch = AuditBatch(tail: tail)
+                batch.sideWrites = [(AuditLog.probeWrite(time: AuditClock.timestamp()), 0)]
+                return batch
+            }
+            written = true
+        } catch {
+            written = false
+        }
+        observer?(written)
+        return written
+    }
+
+    static func probeWrite(time: String) -> SideWrite {
+        SideWrite(
+            "INSERT INTO audit_health (id, probed_at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at", [.text(time)])
+    }
+
+    /// Writes `batch` (and a checkpoint when due) in one commit; `false` when it failed.
+    @discardableResult
+    private func write(_ batch: [(AuditRecord, Completion)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) -> Bool {
         do {
             let now = Date()
             let time = AuditClock.timestamp(now)
@@ -243,16 +287,20 @@ public final class AuditLog: @unchecked Sendable {
                 result.tail = tail
                 return result
             }
+            observer?(true)
             for (index, (_, completion)) in batch.enumerated() { completion(.success(written.entries[index].sequence)) }
             if !requests.isEmpty {
                 let newest = written.checkpoint ?? (try? store.checkpoints().last)
                 for r in requests { r.resume(returning: newest) }
             }
+            return true
         } catch {
             // Fail closed: nothing in this batch is acknowledged.
             let failure = KetenpoortError(.auditUnavailable, "the audit log cannot be written: \((error as? KetenpoortError)?.message ?? "storage error")")
+            observer?(false)
             for (_, completion) in batch { completion(.failure(failure)) }
             for r in requests { r.resume(throwing: failure) }
+            return false
         }
     }
 

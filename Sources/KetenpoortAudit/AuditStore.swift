@@ -267,6 +267,10 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
             root_hash BLOB NOT NULL,
             note TEXT NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS audit_health (
+            id INTEGER PRIMARY KEY,
+            probed_at TEXT NOT NULL
+        );
         """
 
     public init(path: String, synchronous: SQLiteDatabase.Synchronous = .full) throws {

@@ -53,6 +53,10 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
             root_hash BYTEA NOT NULL,
             note TEXT NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS audit_health (
+            id INTEGER PRIMARY KEY,
+            probed_at TEXT NOT NULL
+        );
         """
 
     public init(settings: PostgresSettings, readOnly: Bool = false) throws {

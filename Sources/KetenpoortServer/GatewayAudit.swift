@@ -39,9 +39,12 @@ public final class GatewayAudit: Sendable {
         keys = try LogKeys(keys: ring, origin: configuration.audit.origin)
         recorder = AuditRecorder(keys: keys)
         do {
+            // Readiness follows every commit and, after a failure, the writer's probes: an
+            // instance taken out of service recovers without needing a request.
             log = try AuditLog(
                 store: try AuditStores.writable(database), signer: try keys.signer,
-                schedule: CheckpointSchedule(entries: configuration.audit.checkpointEntries, seconds: configuration.audit.checkpointSeconds))
+                schedule: CheckpointSchedule(entries: configuration.audit.checkpointEntries, seconds: configuration.audit.checkpointSeconds),
+                observer: { [health] written in health.set(GatewayAudit.healthCheck, ready: written) })
         } catch let error as KetenpoortError {
             throw KetenpoortError(.configuration, "the audit log in `\(database.description)` cannot be opened for writing: \(error.message)")
         }
@@ -64,15 +67,13 @@ public final class GatewayAudit: Sendable {
     /// sequence number, or with `audit_unavailable` (the log is then marked unhealthy).
     public func record(_ record: AuditRecord, completion: @escaping @Sendable (Result<Int64, KetenpoortError>) -> Void) {
         let kind = record.kind
-        log.append(record) { [metrics, health, logger] result in
+        log.append(record) { [metrics, logger] result in
             switch result {
             case .success(let sequence):
                 metrics.auditEntries.increment()
-                health.set(GatewayAudit.healthCheck, ready: true)
                 completion(.success(sequence))
             case .failure(let error):
                 metrics.auditWriteFailures.increment()
-                health.set(GatewayAudit.healthCheck, ready: false)
                 // The storage message names the failure (SQLite's text), never the entry.
                 logger.error(
                     "audit log write failed; refusing requests that need it",

@@ -97,7 +97,7 @@ struct GatewayAuditTests {
         }
     }
 
-    @Test("a log that cannot be written (file size limit): 503 audit_unavailable, /health not ready, nothing re-identified; recovers")
+    @Test("a log that cannot be written (file size limit): 503 audit_unavailable, /health not ready, nothing re-identified; ready again without a request once writable")
     func failClosed() async throws {
         let gateway = try GatewayProcess()
         defer { gateway.stop() }
@@ -120,7 +120,22 @@ struct GatewayAuditTests {
         let metrics = try operationsGet(port: gateway.operationsPort, path: "/metrics").body
         #expect(metrics.contains("ketenpoort_audit_write_failures_total 3"), "\(metrics)")
 
+        func auditReady() throws -> Bool? {
+            try JSONParser.parse(try operationsGet(port: gateway.operationsPort, path: "/health").body)["checks"]?["audit_log"]?.boolValue
+        }
+        // The writer probes with a real row once a second: while writes still fail, it stays
+        // not ready (an empty commit would have passed).
+        try await Task.sleep(for: .seconds(2.5))
+        #expect(try auditReady() == false)
+
+        // Writable again: ready again without any request (a not-ready instance gets none).
         _ = try runProcess("/usr/bin/prlimit", ["--pid", String(gateway.pid), "--fsize=unlimited:unlimited"])
+        var recovered = false
+        for _ in 0..<50 where !recovered {
+            try await Task.sleep(for: .milliseconds(100))
+            recovered = try auditReady() == true
+        }
+        #expect(recovered, "still not ready 5 s after the log became writable")
         let again = try await reidentify(client, token: token)
         #expect(again.status == 200, "\(gateway.stderr)")
         #expect(try JSONParser.parse(try operationsGet(port: gateway.operationsPort, path: "/health").body)["checks"]?["audit_log"]?.boolValue == true)
