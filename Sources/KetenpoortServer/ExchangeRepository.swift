@@ -187,7 +187,9 @@ final class ExchangeRepository: @unchecked Sendable {
     }
 
     /// Claims an idempotency key for a request about to be decided: `true` when this caller now
-    /// holds it. A claim older than `staleBefore` (its instance died mid-request) is taken over.
+    /// holds it. A claim older than `staleBefore` (its instance died mid-request) is taken over,
+    /// but only by the same request body: another body gets the conflict as before. The claim
+    /// is known by its `now`: only its holder completes or releases it.
     func claimIdempotencyKey(sender: String, key: String, bodyHash: [UInt8], now: String, staleBefore: String) throws -> Bool {
         try with { db in
             let inserted = try db.rows(
@@ -195,22 +197,24 @@ final class ExchangeRepository: @unchecked Sendable {
                 [.text(sender), .text(key), .blob(bodyHash), .text(now)])
             if !inserted.isEmpty { return true }
             let taken = try db.rows(
-                "UPDATE idempotency SET body_hash = ?, claimed_at = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at < ? RETURNING status",
-                [.blob(bodyHash), .text(now), .text(sender), .text(key), .text(staleBefore)])
+                "UPDATE idempotency SET claimed_at = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at < ? AND body_hash = ? RETURNING status",
+                [.text(now), .text(sender), .text(key), .text(staleBefore), .blob(bodyHash)])
             return !taken.isEmpty
         }
     }
 
     /// Gives a claim back (the request failed before anything was decided or logged).
-    func releaseIdempotencyKey(sender: String, key: String) throws {
-        try with { db in _ = try db.rows("DELETE FROM idempotency WHERE sender = ? AND key = ? AND status = 0", [.text(sender), .text(key)]) }
+    func releaseIdempotencyKey(sender: String, key: String, claimedAt: String) throws {
+        try with { db in
+            _ = try db.rows("DELETE FROM idempotency WHERE sender = ? AND key = ? AND status = 0 AND claimed_at = ?", [.text(sender), .text(key), .text(claimedAt)])
+        }
     }
 
     /// The side write that completes a claim with the answer, in the entry's transaction.
-    static func idempotentAnswerRow(sender: String, key: String, status: Int, answer: String) -> SideWrite {
+    static func idempotentAnswerRow(sender: String, key: String, claimedAt: String, status: Int, answer: String) -> SideWrite {
         SideWrite(
-            "UPDATE idempotency SET status = ?, answer = ?, log_sequence = ? WHERE sender = ? AND key = ?",
-            [.integer(Int64(status)), .text(answer), .sequence, .text(sender), .text(key)])
+            "UPDATE idempotency SET status = ?, answer = ?, log_sequence = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at = ?",
+            [.integer(Int64(status)), .text(answer), .sequence, .text(sender), .text(key), .text(claimedAt)])
     }
 
     // MARK: consents and facts

@@ -205,11 +205,11 @@ final class ExchangeService: Sendable {
             for _ in 0..<2 {
                 if try repository.claimIdempotencyKey(sender: caller.id, key: key, bodyHash: canonicalHash, now: now, staleBefore: staleBefore) {
                     do {
-                        try decide(json, caller: caller, idempotency: (key, canonicalHash), answer: answer)
+                        try decide(json, caller: caller, idempotency: (key, canonicalHash, now), answer: answer)
                         return
                     } catch {
                         // Nothing was decided or logged: a retry may try again.
-                        try? repository.releaseIdempotencyKey(sender: caller.id, key: key)
+                        try? repository.releaseIdempotencyKey(sender: caller.id, key: key, claimedAt: now)
                         throw error
                     }
                 }
@@ -252,7 +252,8 @@ final class ExchangeService: Sendable {
     }
 
     func decide(
-        _ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8])?, answer: @escaping @Sendable (GatewayResponse) -> Void
+        _ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8], claimedAt: String)?,
+        answer: @escaping @Sendable (GatewayResponse) -> Void
     ) throws {
         try ExchangeService.only(json, ExchangeService.exchangeMembers, at: "")
         let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
@@ -391,7 +392,8 @@ final class ExchangeService: Sendable {
         // numbered, is bound as the entry's sequence.
         if let idempotency {
             record.sideWrites.append(
-                ExchangeRepository.idempotentAnswerRow(sender: caller.id, key: idempotency.key, status: status, answer: answerWithoutSequence))
+                ExchangeRepository.idempotentAnswerRow(
+                    sender: caller.id, key: idempotency.key, claimedAt: idempotency.claimedAt, status: status, answer: answerWithoutSequence))
         }
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: status == 201 ? "application/json" : "application/problem+json")
@@ -409,8 +411,14 @@ final class ExchangeService: Sendable {
                         route: "/v1/exchanges"))
             case .failure(let error):
                 // Nothing was logged or delivered: a retry with the same key may try again.
-                if let idempotency { try? repository.releaseIdempotencyKey(sender: caller.id, key: idempotency.key) }
-                answer(.problem(for: error, route: "/v1/exchanges"))
+                let refusal = GatewayResponse.problem(for: error, route: "/v1/exchanges")
+                guard let idempotency else { return answer(refusal) }
+                // This runs on the log's writer thread: the database write that gives the key
+                // back goes elsewhere, so the writer never waits on the repository.
+                DispatchQueue.global().async {
+                    try? repository.releaseIdempotencyKey(sender: caller.id, key: idempotency.key, claimedAt: idempotency.claimedAt)
+                    answer(refusal)
+                }
             }
         }
     }

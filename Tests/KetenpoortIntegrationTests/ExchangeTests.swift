@@ -1,5 +1,7 @@
 import Foundation
 import KetenpoortCore
+import KetenpoortCrypto
+import KetenpoortStore
 import NIOCore
 import Synchronization
 import Testing
@@ -182,6 +184,30 @@ struct ExchangeTests {
         #expect(vtInbox.json?["items"]?.arrayValue?.count == 1, "one delivery, not two")
         await team.close()
         await vtClient.close()
+    }
+
+    @Test("Idempotency-Key: a stale claim (its instance died mid-request) is taken over by the same body only; another body gets 409")
+    func staleIdempotencyClaim() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        let body = Self.exchangeBody(consents: ids)
+        let hash = Crypto.sha256(Array(try JSONParser.parse(body).serialized(sortedKeys: true).utf8))
+        // Two claims left in progress long ago, as an instance that died holding them leaves them.
+        let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        for key in ["stale-same", "stale-other"] {
+            try database.rows(
+                "INSERT INTO idempotency (sender, key, body_hash, status, answer, claimed_at) VALUES ('wijkteam-dordrecht', ?, ?, 0, '', '2020-01-01T00:00:00.000Z')",
+                [.text(key), .blob(hash)])
+        }
+        let other = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [ids[0]]), headers: [("idempotency-key", "stale-other")])
+        #expect(other.status == 409 && other.json?["code"]?.stringValue == "idempotency_conflict", "\(other.body)")
+        let same = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "stale-same")])
+        #expect(same.status == 201, "\(same.body)")
+        let replay = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "stale-same")])
+        #expect(replay.json?["exchangeId"] == same.json?["exchangeId"] && replay.headers.first(name: "idempotent-replayed") == "true")
+        await team.close()
     }
 
     @Test("a safety-exception report enters the review queue; an officer reviews it (logged); partners cannot")
