@@ -236,6 +236,9 @@ final class ExchangeService: Sendable {
         let body = stored.logSequence.map { ExchangeService.answer(stored.answer, logSequence: $0) } ?? Array(stored.answer.utf8)
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: stored.status == 201 ? "application/json" : "application/problem+json")
+        if stored.status == 201, let id = (try? JSONParser.parse(stored.answer))?["exchangeId"]?.stringValue {
+            headers.add(name: "location", value: "/v1/exchanges/\(id)")  // as the first answer had it
+        }
         headers.add(name: "idempotent-replayed", value: "true")
         return GatewayResponse(status: HTTPResponseStatus(statusCode: stored.status), headers: headers, body: body, route: "/v1/exchanges")
     }

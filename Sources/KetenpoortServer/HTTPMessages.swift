@@ -41,19 +41,30 @@ public struct GatewayRequest: Sendable {
         return result
     }
 
+    /// `%XX` (two hex digits) decoded, `+` as a space; a `%` not followed by two hex digits
+    /// stays as it is, and so do the characters after it.
     static func percentDecode(_ text: String) -> String {
-        var bytes: [UInt8] = []
-        var iterator = Array(text.utf8).makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%"), let h = iterator.next(), let l = iterator.next(),
-                let value = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)
-            {
-                bytes.append(value)
-            } else if byte == UInt8(ascii: "+") {
-                bytes.append(0x20)
-            } else {
-                bytes.append(byte)
+        func hex(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 65...70: return c - 55
+            case 97...102: return c - 87
+            default: return nil
             }
+        }
+        let input = Array(text.utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(input.count)
+        var i = 0
+        while i < input.count {
+            let byte = input[i]
+            if byte == UInt8(ascii: "%"), i + 2 < input.count, let h = hex(input[i + 1]), let l = hex(input[i + 2]) {
+                bytes.append(h << 4 | l)
+                i += 3
+                continue
+            }
+            bytes.append(byte == UInt8(ascii: "+") ? 0x20 : byte)
+            i += 1
         }
         return String(decoding: bytes, as: UTF8.self)
     }

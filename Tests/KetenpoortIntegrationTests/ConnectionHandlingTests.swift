@@ -40,6 +40,13 @@ struct ConnectionHandlingTests {
         #expect(weakClock == nil, "the clock outlived its connection")
     }
 
+    @Test("query strings: %XX and + decoded; a % without two hex digits kept as written, with what follows it")
+    func queryDecoding() {
+        #expect(GatewayRequest.parseQuery("a=x%20y&b=1+2&c=%C3%A9") == ["a": "x y", "b": "1 2", "c": "é"])
+        #expect(GatewayRequest.parseQuery("a=%zz&b=%+f&c=50%&d=%4") == ["a": "%zz", "b": "% f", "c": "50%", "d": "%4"])
+        #expect(GatewayRequest.parseQuery("cursor=%41%42&cursor=ignored") == ["cursor": "AB"])
+    }
+
     @Test("bad bytes pipelined after a request still being answered: that request gets its own answer, then the connection ends")
     func malformedAfterPendingRequest() async throws {
         let gateway = try GatewayProcess()

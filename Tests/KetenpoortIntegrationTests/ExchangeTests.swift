@@ -174,6 +174,7 @@ struct ExchangeTests {
         #expect(again.status == 201)
         #expect(again.json?["exchangeId"] == first.json?["exchangeId"])
         #expect(again.json?["logSequence"] == first.json?["logSequence"])
+        #expect(again.headers.first(name: "location") != nil && again.headers.first(name: "location") == first.headers.first(name: "location"))
         let conflict = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [ids[0]]), headers: [("idempotency-key", "k-1")])
         #expect(conflict.status == 409)
         #expect(conflict.json?["code"]?.stringValue == "idempotency_conflict")
