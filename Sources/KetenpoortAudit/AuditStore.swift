@@ -273,6 +273,14 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         );
         """
 
+    /// Deletes an entry's subject index rows by (pseudonym, sequence), the table's key, with the
+    /// pseudonyms read from the entry's `subjects`: a lookup per row, where `WHERE sequence = ?`
+    /// alone would scan the whole index once per erased entry.
+    static let eraseSubjects = """
+        DELETE FROM audit_subjects WHERE sequence = ?1 AND pseudonym IN
+            (SELECT value FROM json_each((SELECT body FROM audit_entries WHERE sequence = ?1), '$.subjects'))
+        """
+
     public init(path: String, synchronous: SQLiteDatabase.Synchronous = .full) throws {
         database = try SQLiteDatabase(path: path, synchronous: synchronous)
         writable = (path, synchronous)
@@ -359,12 +367,14 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
                 let batch = try build(try tail())
                 if !batch.erase.isEmpty {
                     let erase = try database.prepare("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL")
-                    let subjects = try database.prepare("DELETE FROM audit_subjects WHERE sequence = ?")
+                    let subjects = try database.prepare(SQLiteAuditStore.eraseSubjects)
                     let texts = try database.prepare("DELETE FROM audit_texts WHERE sequence = ?")
                     let now = AuditClock.timestamp()
                     for sequence in batch.erase {
-                        erase.reset(); erase.bind(1, now); erase.bind(2, sequence); try erase.step()
+                        // The subject rows first, found through the entry's own `subjects`
+                        // while its body is still there.
                         subjects.reset(); subjects.bind(1, sequence); try subjects.step()
+                        erase.reset(); erase.bind(1, now); erase.bind(2, sequence); try erase.step()
                         texts.reset(); texts.bind(1, sequence); try texts.step()
                     }
                 }

@@ -134,8 +134,14 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
                 if !batch.erase.isEmpty {
                     let now = AuditClock.timestamp()
                     for sequence in batch.erase {
+                        // The subject rows by their key, the pseudonyms read from the entry's
+                        // `subjects` before its body is erased (no scan per erased entry).
+                        statements.append(
+                            (
+                                "DELETE FROM audit_subjects WHERE sequence = ? AND pseudonym IN (SELECT jsonb_array_elements_text((SELECT body FROM audit_entries WHERE sequence = ?)::jsonb -> 'subjects'))",
+                                [.integer(sequence), .integer(sequence)]
+                            ))
                         statements.append(("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL", [.text(now), .integer(sequence)]))
-                        statements.append(("DELETE FROM audit_subjects WHERE sequence = ?", [.integer(sequence)]))
                         statements.append(("DELETE FROM audit_texts WHERE sequence = ?", [.integer(sequence)]))
                     }
                 }

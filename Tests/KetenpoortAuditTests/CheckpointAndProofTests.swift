@@ -235,6 +235,11 @@ struct CheckpointAndProofTests {
         var found: [Int64] = []
         try store.entries(matching: query) { found.append($0.sequence); return true }
         #expect(found == [5, 7, 9, 11])
+        // The subject rows went by their key, not by a scan of the index per erased entry.
+        let reader = try SQLiteDatabase(path: path)
+        #expect(try reader.rows("SELECT count(*) FROM audit_subjects WHERE sequence <= 4", []).first?.int64(0) == 0)
+        let plan = try reader.rows("EXPLAIN QUERY PLAN " + SQLiteAuditStore.eraseSubjects, [.integer(1)]).compactMap { $0.string(3) }.joined(separator: "; ")
+        #expect(plan.contains("SEARCH audit_subjects") && !plan.contains("SCAN audit_subjects"), "\(plan)")
         let report = try AuditVerifier.verify(path: path, keys: try keys.verifierKeys)
         #expect(report.isValid, "\(report.problem ?? "")")
         #expect(report.erasedEntries == 4)

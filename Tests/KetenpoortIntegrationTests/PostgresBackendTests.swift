@@ -77,6 +77,38 @@ struct PostgresBackendTests {
         #expect(tampered.firstBadEntry == 123)
     }
 
+    @Test("retention on PostgreSQL: expired details and their subject rows are erased, the rest kept, the log still verifies")
+    func retentionOnPostgres() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let settings = PostgresSettings(url: try server.createDatabase("retention"), passwordFile: server.passwordFile)
+        let keys = try Self.keys()
+        let log = try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer, schedule: CheckpointSchedule(entries: 5, seconds: 3_600))
+        for i in 0..<8 {
+            var record = AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))], subjects: ["ps1.k1.subject\(i % 2)", "ps1.k1.shared"])
+            record.retainUntil = i < 4 ? "2027-01-01" : "2046-01-01"
+            _ = try await log.append(record)
+        }
+        let store = try PostgresAuditStore(settings: settings, readOnly: true)
+        let result = try await AuditRetention.run(log: log, store: store, today: "2027-06-01")
+        #expect(result.expired == 4)
+        _ = try await log.checkpoint()
+        log.close()
+        for s: Int64 in 1...4 { #expect(try store.entry(sequence: s)?.body == nil) }
+        for (subject, expected) in [("ps1.k1.subject0", [Int64(5), 7]), ("ps1.k1.shared", [5, 6, 7, 8])] {
+            var query = AuditQuery()
+            query.subjects = [subject]
+            var found: [Int64] = []
+            try store.entries(matching: query) { found.append($0.sequence); return true }
+            #expect(found == expected, "\(subject)")
+        }
+        let rows = try PostgresDatabase(settings: settings).rows("SELECT count(*) FROM audit_subjects WHERE sequence <= 4", [])
+        #expect(rows.first?.int64(0) == 0)
+        let report = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.erasedEntries == 4)
+    }
+
     @Test("`ketenpoort migrate` on SQLite and PostgreSQL: status, a step at a time, serve refuses an older or newer schema, then runs")
     func migrations() async throws {
         let server = try PostgresServer()
