@@ -336,7 +336,8 @@ final class ExchangeService: Sendable {
             subjects: subjects.map { s in
                 Subject(
                     ref: s.ref, role: s.role, age: s.age, competent: s.competent,
-                    custodyHolders: (facts[s.ref]?["custody"]?["holders"]?.arrayValue ?? []).compactMap(\.stringValue))
+                    custodyHolders: (facts[s.ref]?["custody"]?["holders"]?.arrayValue ?? []).compactMap(\.stringValue),
+                    guardian: facts[s.ref]?["guardianship"]?["institution"]?.stringValue)
             },
             fields: fields, facts: caseFacts)
         let snapshot = state.snapshot
@@ -492,7 +493,20 @@ final class ExchangeService: Sendable {
             throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; parents neither co-consent nor veto")
         }
         var grantorRef: String?
-        if capacity != "self" {
+        if capacity == "guardian" {
+            // A certified institution acting as guardian (voogd) consents in the parents' place
+            // (domain.md); it registers that consent itself, so the grantor is the caller.
+            guard caller.kind == "certified_institution" else {
+                throw KetenpoortError(.forbidden, "a guardian's consent is registered by the certified institution acting as guardian itself")
+            }
+            guard age < 12 || !competent else {
+                throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; a guardian does not consent for them")
+            }
+            guard grantor["bsn"] == nil else {
+                throw KetenpoortError(.invalidRequest, "`grantor.bsn` does not belong to a guardian's consent: the registering institution is the grantor")
+            }
+            grantorRef = caller.id
+        } else if capacity != "self" {
             guard grantor["bsn"] != nil || capacity == "representative" else {
                 throw KetenpoortError(.invalidRequest, "`grantor.bsn` is required for a \(capacity)")
             }
@@ -562,6 +576,9 @@ final class ExchangeService: Sendable {
         "keep-apart": (["from"], ["veilig_thuis", "police", "womens_shelter"]),
         "custody": (["holders"], ["local_team", "veilig_thuis", "child_protection_board", "certified_institution"]),
         "case-closed": (["closed"], ["local_team", "veilig_thuis", "child_protection_board", "certified_institution", "care_safety_house"]),
+        // The certified institution acting as guardian (voogd): its consent stands in for the
+        // parents' (see the consent registry).
+        "guardianship": (["institution"], ["child_protection_board", "certified_institution"]),
     ]
 
     func postFact(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
@@ -600,6 +617,12 @@ final class ExchangeService: Sendable {
         case "keep-apart":
             guard let items = json["from"]?.arrayValue, !items.isEmpty else { throw KetenpoortError(.invalidRequest, "`from` must list the BSNs the subject is kept from") }
             value.append(("from", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "from[\($0)]"))) })))
+        case "guardianship":
+            let institution = try ExchangeService.text(json["institution"], "institution")!
+            guard state.snapshot.registry.partner(id: institution)?.kind == "certified_institution" else {
+                throw KetenpoortError(.invalidRequest, "`institution` must be a certified institution in partners.yaml")
+            }
+            value.append(("institution", .string(institution)))
         case "custody":
             guard let items = json["holders"]?.arrayValue, items.count <= 4 else { throw KetenpoortError(.invalidRequest, "`holders` must list the BSNs of the parents with custody") }
             value.append(("holders", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "holders[\($0)]"))) })))

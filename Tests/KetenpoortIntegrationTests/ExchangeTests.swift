@@ -187,6 +187,41 @@ struct ExchangeTests {
         await vtClient.close()
     }
 
+    @Test("a certified institution acting as guardian consents in the parents' place; only it registers that consent, only while the guardianship is registered")
+    func guardianConsent() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let institution = PKIFixture.partner("jeugdbescherming-west")
+        let gi = try await TestHTTPSClient.connect(port: gateway.port, cert: institution.cert, key: institution.key)
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let guardianConsent = Self.consentBody(grantor: Self.mother)
+            .replacingOccurrences(of: "\"capacity\": \"parent_with_custody\", \"bsn\": \"\(Self.mother)\"", with: "\"capacity\": \"guardian\"")
+        // Only the institution itself registers its consent as guardian.
+        let byTeam = try await post(team, "/v1/consents", guardianConsent)
+        #expect(byTeam.status == 403, "\(byTeam.body)")
+        let consent = try await post(gi, "/v1/consents", guardianConsent)
+        #expect(consent.status == 201, "\(consent.body)")
+        let id = try #require(consent.json?["consentId"]?.stringValue)
+        // Without a registered guardianship the parents would have to consent: refused.
+        let before = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [id]))
+        #expect(before.status == 403, "\(before.body)")
+        // Another institution cannot be named as guardian by a partner that is not entitled.
+        let notEntitled = try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "guardianship", "subject": "\#(Self.child)", "institution": "jeugdbescherming-west"}"#)
+        #expect(notEntitled.status == 403)
+        let fact = try await post(gi, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "guardianship", "subject": "\#(Self.child)", "institution": "jeugdbescherming-west"}"#)
+        #expect(fact.status == 201, "\(fact.body)")
+        let after = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [id]))
+        #expect(after.status == 201, "\(after.body)")
+        // A parent's consent does not count while a guardian is registered.
+        let custody = try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)"]}"#)
+        #expect(custody.status == 201)
+        let parent = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother))
+        let parentOnly = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [try #require(parent.json?["consentId"]?.stringValue)]))
+        #expect(parentOnly.status == 403, "\(parentOnly.body)")
+        await gi.close()
+        await team.close()
+    }
+
     @Test("Idempotency-Key: a stale claim (its instance died mid-request) is taken over by the same body only; another body gets 409")
     func staleIdempotencyClaim() async throws {
         let gateway = try GatewayProcess()
