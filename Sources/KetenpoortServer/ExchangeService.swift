@@ -117,6 +117,24 @@ final class ExchangeService: Sendable {
 
     static let reporterKinds: Set<String> = ["professional", "bystander"]
 
+    /// An id from the policies or the registry (case table, purpose, partner, consent): letters,
+    /// digits and `._:-`, at most 128 bytes. Whatever a request names is logged, also when it is
+    /// refused, so free text (a name typed in the wrong field) is refused before that.
+    static func identifier(_ value: JSONValue?, _ path: String) throws -> String {
+        let text = try ExchangeService.text(value, path)!
+        let bytes = text.utf8
+        guard bytes.count <= 128, let first = bytes.first, isIdentifierByte(first), first != UInt8(ascii: "."),
+            bytes.allSatisfy({ isIdentifierByte($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: ":") })
+        else {
+            throw KetenpoortError(.invalidRequest, "`\(path)` must be an id (letters, digits, `.`, `_`, `:`, `-`; at most 128), as the policies and the registry give it")
+        }
+        return text
+    }
+
+    private static func isIdentifierByte(_ b: UInt8) -> Bool {
+        (48...57).contains(b) || (65...90).contains(b) || (97...122).contains(b) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
+    }
+
     static func bsn(_ value: JSONValue?, _ path: String) throws -> BSN {
         guard let text = value?.stringValue else { throw KetenpoortError(.invalidRequest, "`\(path)` is required (nine digits)") }
         do { return try BSN(text) } catch { throw KetenpoortError(.invalidBSN, "`\(path)` is not a valid BSN (nine digits passing the 11-check)") }
@@ -259,13 +277,14 @@ final class ExchangeService: Sendable {
         answer: @escaping @Sendable (GatewayResponse) -> Void
     ) throws {
         try ExchangeService.only(json, ExchangeService.exchangeMembers, at: "")
-        let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
-        let purpose = try ExchangeService.text(json["purpose"], "purpose")!
-        let recipient = try ExchangeService.text(json["recipient"], "recipient")!
+        let caseTable = try ExchangeService.identifier(json["caseTable"], "caseTable")
+        let purpose = try ExchangeService.identifier(json["purpose"], "purpose")
+        let recipient = try ExchangeService.identifier(json["recipient"], "recipient")
         _ = try ExchangeService.text(json["caseRef"], "caseRef", required: false)
         guard let basis = json["basis"], basis.objectValue != nil else { throw KetenpoortError(.invalidRequest, "`basis` is required: an object with `type`") }
         try ExchangeService.only(
             basis, ["type", "consentIds", "ground", "justification", "professional", "meldcode", "conflictOfDuties", "article"], at: "basis")
+        for (i, id) in (basis["consentIds"]?.arrayValue ?? []).enumerated() { _ = try ExchangeService.identifier(id, "basis.consentIds[\(i)]") }
         guard let subjectItems = json["subjects"]?.arrayValue, !subjectItems.isEmpty, subjectItems.count <= 20 else {
             throw KetenpoortError(.invalidRequest, "`subjects` must list 1 to 20 people the exchange is about")
         }
@@ -329,7 +348,13 @@ final class ExchangeService: Sendable {
         }
         var fields = Set<String>()
         for (category, value) in categories {
-            for (field, _) in value.objectValue ?? [] { fields.insert(category + "." + field) }
+            for (field, fieldValue) in value.objectValue ?? [] {
+                // Checked before the decision, so a refusal does not hide a malformed BSN.
+                if field == "bsn", fieldValue.stringValue.map(BSN.isValid) != true {
+                    throw KetenpoortError(.invalidBSN, "`data.\(category.prefix(64)).bsn` is not a valid BSN (nine digits passing the 11-check)")
+                }
+                fields.insert(category + "." + field)
+            }
         }
         let decisionRequest = DecisionRequest(
             sender: caller.id, caseTable: caseTable, purpose: purpose, recipient: recipient, basis: try DecisionRequest.basis(basis),
