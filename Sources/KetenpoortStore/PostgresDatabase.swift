@@ -67,8 +67,12 @@ public final class PostgresDatabase: SQLDatabase {
             }
             password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        var keys = ["connect_timeout", "application_name", "dbname"]
-        var values = ["5", applicationName, settings.url]
+        // Defaults first, so that the URL (expanded at `dbname`) may override them. Keepalives on
+        // both ends and the session timeouts bound what a vanished peer can hold: a writer that
+        // dropped mid-transaction would otherwise keep the log's advisory lock for hours, and
+        // every other instance's commits would wait behind it.
+        var keys = ["connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "options", "application_name", "dbname"]
+        var values = ["5", "1", "30", "10", "3", PostgresDatabase.sessionOptions, applicationName, settings.url]
         if let password {
             keys.append("password")
             values.append(password)
@@ -84,6 +88,12 @@ public final class PostgresDatabase: SQLDatabase {
     }
 
     deinit { PQfinish(connection) }
+
+    /// Session settings for every connection: a lock wait (the log's advisory lock included)
+    /// fails after a minute instead of hanging; a session left idle inside a transaction (its
+    /// client gone) is ended, releasing its locks; the server probes idle connections too.
+    static let sessionOptions =
+        "-c lock_timeout=60s -c idle_in_transaction_session_timeout=120s -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
 
     private static func connect(keys: [String], values: [String]) -> OpaquePointer {
         let k = keys.map { strdup($0) }

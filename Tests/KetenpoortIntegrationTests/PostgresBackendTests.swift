@@ -77,6 +77,25 @@ struct PostgresBackendTests {
         #expect(tampered.firstBadEntry == 123)
     }
 
+    @Test("every PostgreSQL connection bounds lock waits and abandoned transactions, and keeps TCP alive on both ends")
+    func sessionTimeouts() throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let settings = PostgresSettings(url: try server.createDatabase("timeouts"), passwordFile: server.passwordFile)
+        let db = try PostgresDatabase(settings: settings)
+        func show(_ name: String) throws -> String? { try db.rows("SHOW \(name)", []).first?.string(0) }
+        #expect(try show("lock_timeout") == "1min")
+        #expect(try show("idle_in_transaction_session_timeout") == "2min")
+        #expect(try show("tcp_keepalives_idle") == "30")
+        // A lock held by another session is given up on, not waited for forever.
+        let holder = try PostgresDatabase(settings: settings)
+        try holder.execute("BEGIN")
+        try holder.rows("SELECT pg_advisory_xact_lock(42)", [])
+        try db.execute("SET lock_timeout = '200ms'")
+        #expect(throws: KetenpoortError.self) { try db.rows("SELECT pg_advisory_xact_lock(42)", []) }
+        try holder.execute("ROLLBACK")
+    }
+
     @Test("retention on PostgreSQL: expired details and their subject rows are erased, the rest kept, the log still verifies")
     func retentionOnPostgres() async throws {
         let server = try PostgresServer()
