@@ -273,9 +273,12 @@ public final class AuditLog: @unchecked Sendable {
     @discardableResult
     private func write(_ batch: [(AuditRecord, Completion)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) -> Bool {
         do {
-            let now = Date()
-            let time = AuditClock.timestamp(now)
             let written = try store.append { start in
+                // Read the clock inside the transaction, after the store's write lock: with
+                // several writers (instances on PostgreSQL, `log retention` beside the gateway)
+                // entry times then follow sequence order.
+                let now = Date()
+                let time = AuditClock.timestamp(now)
                 var result = AuditLog.batch(batch.map(\.0), after: start, time: time)
                 var tail = result.tail
                 if dueCheckpoint(tail, now: now, force: forceCheckpoint), let signer {

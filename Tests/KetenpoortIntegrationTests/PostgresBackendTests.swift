@@ -48,8 +48,11 @@ struct PostgresBackendTests {
 
         let store = try PostgresAuditStore(settings: settings, readOnly: true)
         var leaves: [[UInt8]] = []
-        try store.entries(matching: AuditQuery()) { leaves.append($0.leafHash); return true }
+        var times: [String] = []
+        try store.entries(matching: AuditQuery()) { leaves.append($0.leafHash); times.append($0.time); return true }
         #expect(leaves.count == 400)
+        // Each writer reads the clock under the lock: times follow sequence order across writers.
+        #expect(times == times.sorted())
         let checkpoints = try store.checkpoints()
         #expect(checkpoints.count >= 8)
         let tree = StoredTree(store: store)
