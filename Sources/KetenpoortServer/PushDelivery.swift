@@ -32,6 +32,14 @@ final class PushDelivery: Sendable {
 
     static func backoff(attempts: Int) -> TimeInterval { min(300, pow(2, Double(max(0, attempts - 1)))) }
 
+    /// One push: connecting may take this long, and then the answer as long again.
+    static let pushTimeout: TimeInterval = 10
+    /// Items claimed per round.
+    static let batch = 16
+    /// How long a claim holds: every item of a round at its worst (connect and answer timeouts,
+    /// one after the other) plus a margin, so another instance never takes over a live round.
+    static var lease: TimeInterval { Double(batch) * 2 * pushTimeout + 30 }
+
     /// Runs until the task is cancelled.
     func run() async {
         while !Task.isCancelled {
@@ -47,18 +55,29 @@ final class PushDelivery: Sendable {
         guard !endpoints.isEmpty else { return }
         let due: [ExchangeRepository.PushRow]
         do {
-            // Claimed for long enough to push them all (10 s timeout each): another instance
-            // leaves them alone meanwhile and takes them over if this one dies.
-            let batch = 16
+            // Claimed for long enough to push them all: another instance leaves them alone
+            // meanwhile and takes them over if this one dies.
             due = try repository.claimDuePushes(
                 recipients: Array(endpoints.keys), now: AuditClock.timestamp(),
-                leaseUntil: AuditClock.timestamp(Date().addingTimeInterval(Double(batch) * 10 + 30)), limit: batch)
+                leaseUntil: AuditClock.timestamp(Date().addingTimeInterval(PushDelivery.lease)), limit: PushDelivery.batch)
         } catch {
             logger.error("push delivery: the inbox cannot be read", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
             return
         }
+        // A partner whose endpoint failed in this round is not tried again until its backoff:
+        // its other items wait with it (attempts unchanged), and a dead endpoint holding many
+        // items costs one timeout per round, not one per item, so other partners are not starved.
+        var failedThisRound: [String: String] = [:]  // recipient → next attempt
         for row in due {
             guard let url = endpoints[row.recipient] else { continue }
+            if let next = failedThisRound[row.recipient] {
+                do {
+                    try repository.markPushFailed(id: row.id, attempts: row.attempts, next: next, reason: "not tried: the endpoint failed for an earlier item")
+                } catch {
+                    logger.error("push delivery: the inbox cannot be updated", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
+                }
+                continue
+            }
             let outcome = await push(row, to: url)
             do {
                 switch outcome {
@@ -67,6 +86,7 @@ final class PushDelivery: Sendable {
                 case .failure(let reason):
                     let attempts = row.attempts + 1
                     let next = AuditClock.timestamp(Date().addingTimeInterval(PushDelivery.backoff(attempts: attempts)))
+                    failedThisRound[row.recipient] = next
                     try repository.markPushFailed(id: row.id, attempts: attempts, next: next, reason: reason)
                     logger.warning(
                         "push delivery failed; will retry", metadata: ["partner": "\(row.recipient)", "attempt": "\(attempts)", "reason": "\(reason)"])
@@ -93,7 +113,7 @@ final class PushDelivery: Sendable {
             }
             let client = HTTPSClient(context: context, host: host == "localhost" ? "127.0.0.1" : host, port: url.port ?? 443, serverName: host, group: group)
             let path = url.path.isEmpty ? "/" : url.path
-            let response = try await client.request(.POST, path, json: payload.serialized(), timeout: .seconds(10))
+            let response = try await client.request(.POST, path, json: payload.serialized(), timeout: .seconds(Int64(PushDelivery.pushTimeout)))
             return (200...299).contains(response.status) ? .success : .failure("the endpoint answered \(response.status)")
         } catch let error as KetenpoortError {
             return .failure(error.message)

@@ -47,6 +47,39 @@ struct PushDeliveryTests {
         return process
     }
 
+    static let safetyReport = """
+        {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+         "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "zorgen", "professional": "wt-1",
+                   "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+         "subjects": [{"bsn": "999990019", "role": "child", "age": 9}], "data": {"identity": {"bsn": "999990019"}, "concern_signal": {"summary": "zorgen"}}}
+        """
+
+    @Test("a partner whose endpoint fails costs one attempt per round: its other items wait with it, untried, and are not lost")
+    func failingEndpointTriedOncePerRound() async throws {
+        let port = try freePort()  // nobody listens: every push fails
+        let clientTLS = "client_tls:\n  certificate: \(PKIFixture.path("gateway/client.crt"))\n  key: \(PKIFixture.path("gateway/client.key"))\n"
+        let gateway = try GatewayProcess(extraConfiguration: clientTLS, policies: try policies(endpoint: "https://localhost:\(port)/ketenpoort/inbox"))
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        var ids: [String] = []
+        for _ in 0..<3 {
+            let r = try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport)
+            #expect(r.status == 201, "\(r.body)")
+            ids.append(try #require(r.json?["exchangeId"]?.stringValue))
+        }
+        func attempts(_ id: String) async throws -> Int { try await team.request("/v1/exchanges/\(id)").json?["delivery"]?["pushAttempts"]?.intValue ?? -1 }
+        // Several rounds (every 0.5 s; backoff 1 s, 2 s …) against the dead endpoint.
+        try await Task.sleep(for: .seconds(3.5))
+        #expect(try await attempts(ids[0]) >= 2, "the first item is retried")
+        #expect(try await attempts(ids[1]) == 0, "the others wait with it")
+        #expect(try await attempts(ids[2]) == 0)
+        // Still there for the recipient to pull.
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.count == 3)
+        await vtClient.close()
+        await team.close()
+    }
+
     @Test("an endpoint that is down is retried with backoff; after a gateway restart the item is pushed once, with the gateway's certificate, then erased")
     func retriedAcrossRestart() async throws {
         let port = try freePort()
