@@ -86,22 +86,12 @@ struct VectorTests {
 
     @Test("AES-256-GCM opens the published test vector (GCM specification, McGrew and Viega, test case 15)")
     func aesGCMKnownAnswer() throws {
-        func bytes(_ hex: String) -> [UInt8] {
-            var out: [UInt8] = []
-            var index = hex.startIndex
-            while index < hex.endIndex {
-                let next = hex.index(index, offsetBy: 2)
-                out.append(UInt8(hex[index..<next], radix: 16)!)
-                index = next
-            }
-            return out
-        }
-        let gcm = try AESGCM(key: bytes("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"))
-        let plaintext = bytes(
+        let gcm = try AESGCM(key: hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"))
+        let plaintext = hex(
             "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255")
-        let sealed = bytes("cafebabefacedbaddecaf888")
-            + bytes("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad")
-            + bytes("b094dac5d93471bdec1a502270e3cc6c")
+        let sealed = hex("cafebabefacedbaddecaf888")
+            + hex("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad")
+            + hex("b094dac5d93471bdec1a502270e3cc6c")
         #expect(try gcm.open(sealed) == plaintext)
     }
 
