@@ -55,6 +55,10 @@ public final class GatewayServer: Sendable {
     let officerResponder: GatewayResponder?
     let reloadSnapshot: @Sendable () async throws -> Void
     private let openConnections = Atomic<Int>(0)
+    /// The operations listener (health, metrics) has its own small limit: scrapers and probes
+    /// need a few connections, and it must not use up the descriptors the main listener needs.
+    private let operationsConnections = Atomic<Int>(0)
+    static let maxOperationsConnections = 64
     private let connections = Mutex<[ObjectIdentifier: Channel]>([:])
     private let listeners = Mutex<[Channel]>([])
 
@@ -165,11 +169,19 @@ public final class GatewayServer: Sendable {
     }
 
     private func operationsBootstrap() -> ServerBootstrap {
-        ServerBootstrap(group: group)
+        let idle = ConnectionClock.amount(configuration.limits.idleTimeout)
+        return ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
+                if self.operationsConnections.wrappingAdd(1, ordering: .relaxed).newValue > GatewayServer.maxOperationsConnections {
+                    self.operationsConnections.wrappingSubtract(1, ordering: .relaxed)
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { [self] _ in self.operationsConnections.wrappingSubtract(1, ordering: .relaxed) }
                 do {
                     let sync = channel.pipeline.syncOperations
+                    // A connection that sends nothing for the idle timeout is closed.
+                    try sync.addHandler(IdleStateHandler(allTimeout: idle))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(OperationsHandler(metrics: self.metrics, health: self.health))
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -245,6 +257,14 @@ final class OperationsHandler: ChannelInboundHandler {
     init(metrics: GatewayMetrics, health: HealthRegistry) {
         self.metrics = metrics
         self.health = health
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

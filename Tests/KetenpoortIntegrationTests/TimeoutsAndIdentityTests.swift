@@ -60,6 +60,23 @@ struct TimeoutsAndIdentityTests {
         #expect(waited >= 1.8 && waited < 8, "closed \(waited) s after the last response")
     }
 
+    @Test("the operations listener closes idle connections and holds at most 64, so it cannot use up the process's descriptors")
+    func operationsListenerLimits() async throws {
+        let gateway = try GatewayProcess(extraConfiguration: "limits:\n  idle_timeout_seconds: 2\n")
+        defer { gateway.stop() }
+        let idle = try IdleTCPConnection(port: gateway.operationsPort)
+        #expect(!idle.closedByServer(within: 0.5), "open within the idle timeout")
+        #expect(idle.closedByServer(within: 5), "closed after the idle timeout")
+        let held = try (0..<64).map { _ in try IdleTCPConnection(port: gateway.operationsPort) }
+        try await Task.sleep(for: .milliseconds(300))
+        let extra = try IdleTCPConnection(port: gateway.operationsPort)
+        #expect(extra.closedByServer(within: 1), "the 65th connection is closed at once")
+        _ = held
+        // Once those are gone, health is served again.
+        try await Task.sleep(for: .seconds(3))
+        #expect(try operationsGet(port: gateway.operationsPort, path: "/health/live").status == 200)
+    }
+
     @Test("a request whose body stalls gets 408 after the request timeout")
     func requestTimeout() async throws {
         let gateway = try GatewayProcess(extraConfiguration: "limits:\n  request_timeout_seconds: 1\n")

@@ -125,6 +125,36 @@ struct GatewayProcessError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
+/// A plain TCP connection to 127.0.0.1 that sends nothing: for limits and idle timeouts.
+final class IdleTCPConnection {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard connected else {
+            close(fd)
+            throw GatewayProcessError(message: "cannot connect to port \(port)")
+        }
+    }
+
+    /// Whether the server closed the connection within `seconds` (it sends nothing itself).
+    func closedByServer(within seconds: Double) -> Bool {
+        var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, 0) == 0
+    }
+
+    deinit { close(fd) }
+}
+
 /// A GET/POST over plain HTTP to the operations listener.
 func operationsGet(port: Int, path: String) throws -> (status: Int, body: String) {
     let r = try runProcess("curl", ["-s", "-o", "-", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)\(path)"])
