@@ -23,12 +23,29 @@ final class ExchangeService: Sendable {
         self.applier = ObligationApplier(keys: audit.keys.keys)
     }
 
-    static let routes: [(prefix: String, methods: [HTTPMethod])] = [
-        ("/v1/exchanges", [.POST, .GET]), ("/v1/consents", [.POST]), ("/v1/facts", [.POST]), ("/v1/inbox", [.GET, .POST]), ("/v1/reviews", [.GET, .POST]),
+    /// Each resource and its methods (`*` is one path segment, an id), so a known resource asked
+    /// with another method gets 405 with `Allow`, and an unknown one 404.
+    static let resources: [(template: [String], route: String, methods: [HTTPMethod])] = [
+        (["v1", "exchanges"], "/v1/exchanges", [.POST]), (["v1", "exchanges", "*"], "/v1/exchanges/{id}", [.GET]),
+        (["v1", "consents"], "/v1/consents", [.POST]), (["v1", "consents", "*", "withdraw"], "/v1/consents/{id}/withdraw", [.POST]),
+        (["v1", "facts"], "/v1/facts", [.POST]),
+        (["v1", "inbox"], "/v1/inbox", [.GET]), (["v1", "inbox", "*", "ack"], "/v1/inbox/{id}/ack", [.POST]),
+        (["v1", "reviews"], "/v1/reviews", [.GET]), (["v1", "reviews", "*"], "/v1/reviews/{id}", [.POST]),
     ]
 
+    /// The resource `path` names, if any.
+    static func resource(_ path: String) -> (route: String, methods: [HTTPMethod])? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        for r in resources where r.template.count == parts.count {
+            if zip(r.template, parts).allSatisfy({ $0 == "*" ? !$1.isEmpty : $0 == $1 }) { return (r.route, r.methods) }
+        }
+        return nil
+    }
+
+    static let prefixes = ["/v1/exchanges", "/v1/consents", "/v1/facts", "/v1/inbox", "/v1/reviews"]
+
     static func handles(_ path: String) -> Bool {
-        routes.contains { path == $0.prefix || path.hasPrefix($0.prefix + "/") }
+        prefixes.contains { path == $0 || path.hasPrefix($0 + "/") }
     }
 
     func respond(to request: GatewayRequest, caller: Caller) async -> GatewayResponse {

@@ -116,8 +116,11 @@ public struct GatewayApplication: GatewayResponder {
         case (_, let path) where path == "/console" || path.hasPrefix("/console/"):
             return methodNotAllowed(route: "/console", allowed: "GET, POST")
         case (let method, let path) where ExchangeService.handles(path):
-            if let route = ExchangeService.routes.first(where: { path == $0.prefix || path.hasPrefix($0.prefix + "/") }), !route.methods.contains(method) {
-                return methodNotAllowed(route: route.prefix, allowed: route.methods.map(\.rawValue).joined(separator: ", "))
+            guard let resource = ExchangeService.resource(path) else {
+                return GatewayResponse.problem(.notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+            }
+            if !resource.methods.contains(method) {
+                return methodNotAllowed(route: resource.route, allowed: resource.methods.map(\.rawValue).joined(separator: ", "))
             }
             return nil
         case (_, let path) where path.hasPrefix("/v1/audit/"):

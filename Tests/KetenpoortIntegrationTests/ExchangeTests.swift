@@ -3,6 +3,7 @@ import KetenpoortCore
 import KetenpoortCrypto
 import KetenpoortStore
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import Testing
 
@@ -322,6 +323,12 @@ struct ExchangeTests {
         #expect(try await team.request("/v1/exchanges/nope").status == 404)
         let method = try await team.request("/v1/consents", method: .GET)
         #expect(method.status == 405 && code(method) == "method_not_allowed")
+        // Every resource knows its own methods: 405 with Allow for a known one, 404 for the rest.
+        for (path, verb, allowed) in [("/v1/inbox", HTTPMethod.POST, "GET"), ("/v1/inbox/5/ack", .GET, "POST"), ("/v1/exchanges/x", .POST, "GET"), ("/v1/reviews/x", .GET, "POST")] {
+            let r = try await team.request(path, method: verb, headers: [("content-type", "application/json")], body: verb == .POST ? "{}" : nil)
+            #expect(r.status == 405 && r.headers.first(name: "allow") == allowed, "\(verb) \(path): \(r.status)")
+        }
+        #expect(try await team.request("/v1/inbox/5/other").status == 404)
         let tooYoung = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "parent_with_custody", with: "self"))
         #expect(tooYoung.status == 422 && tooYoung.json?["detail"]?.stringValue?.contains("under 12") == true)
         // A 14-year-old "not competent" given as text must not become a competent self-consent.
