@@ -364,13 +364,14 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         if closeAfterResponse {
-            context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
             // A client that does not read its last answer is not waited for beyond the header
             // timeout: the write may never complete, and the clock has stopped.
-            context.eventLoop.assumeIsolated().scheduleTask(in: ConnectionClock.amount(limits.headerTimeout)) {
+            let backstop = context.eventLoop.assumeIsolated().scheduleTask(in: ConnectionClock.amount(limits.headerTimeout)) {
                 if context.channel.isActive { context.close(promise: nil) }
+            }
+            context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
+                backstop.cancel()
+                context.close(promise: nil)
             }
             return
         }
