@@ -328,9 +328,11 @@ extension ForbidRule {
 
 extension PolicySet {
     /// Whether a route of `caseTable` lets the gateway re-identify tokens for `partner` (as the
-    /// route's recipient) and `purpose`: the route must say `reidentification: true`.
-    public func permitsReidentification(caseTable: String, partner partnerID: String, purpose: String) -> Bool {
-        guard let table = tables[caseTable], let partner = registry.partner(id: partnerID) else { return false }
+    /// route's recipient) and `purpose` on `date`: the route must say `reidentification: true`,
+    /// and the partner must be a member of the table on that day (one that has left the table,
+    /// or not yet joined it, gets nothing back, as it would receive nothing).
+    public func permitsReidentification(caseTable: String, partner partnerID: String, purpose: String, on date: String) -> Bool {
+        guard let table = tables[caseTable], let partner = registry.partner(id: partnerID), table.isMember(partner, on: date) else { return false }
         return table.routes.contains { route in
             route.allowReidentification && route.purposes.contains(purpose) && route.to.contains { $0.matches(partner) }
         }

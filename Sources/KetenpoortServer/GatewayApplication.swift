@@ -189,7 +189,7 @@ public struct GatewayApplication: GatewayResponder {
         do {
             var pending: Reidentification.Record?
             let value = try Reidentification(keys: audit.keys.keys).reidentify(
-                token: token, caseTable: caseTable, partner: partner.id, purpose: purpose, policies: snapshot.policySet
+                token: token, caseTable: caseTable, partner: partner.id, purpose: purpose, policies: snapshot.policySet, date: ExchangeService.today
             ) { record in pending = record }
             guard let record = pending else { throw KetenpoortError(.internalError, "re-identification produced no log record") }
             let sequence = try await audit.record(

@@ -25,9 +25,9 @@ public struct Reidentification: Sendable {
 
     /// - Parameter log: writes the record durably; if it throws, nothing is re-identified.
     public func reidentify(
-        token: String, caseTable: String, partner: String, purpose: String, policies: PolicySet, log: (Record) throws -> Void
+        token: String, caseTable: String, partner: String, purpose: String, policies: PolicySet, date: String, log: (Record) throws -> Void
     ) throws -> String {
-        guard policies.permitsReidentification(caseTable: caseTable, partner: partner, purpose: purpose) else {
+        guard policies.permitsReidentification(caseTable: caseTable, partner: partner, purpose: purpose, on: date) else {
             throw KetenpoortError(.forbidden, "the policy of `\(caseTable)` does not permit re-identification for `\(partner)` and `\(purpose)`")
         }
         let domain = Pseudonymiser.recipientDomain(caseTable: caseTable, recipient: partner)

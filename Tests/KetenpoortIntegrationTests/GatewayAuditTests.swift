@@ -27,7 +27,8 @@ struct GatewayAuditTests {
 
     @Test("start, re-identification and officer reads: entries before answers, checkpoints for partners, the log verifies, no BSN in the files")
     func loggedBeforeAnswered() async throws {
-        let gateway = try GatewayProcess(extraConfiguration: "audit:\n  origin: test.ketenpoort.example/audit\n  checkpoint_entries: 2\n")
+        let gateway = try GatewayProcess(
+            extraConfiguration: "audit:\n  origin: test.ketenpoort.example/audit\n  checkpoint_entries: 2\n", policies: try policiesWithMentalHealthCareStillAMember())
         defer { gateway.stop() }
         let client = try await TestHTTPSClient.connect(port: gateway.port, cert: ggz.cert, key: ggz.key)
         let token = try token(gateway)
@@ -97,9 +98,20 @@ struct GatewayAuditTests {
         }
     }
 
+    @Test("a partner that has left the table gets no token re-identified, though the route names it (the example region: mental-health care left on 2026-06-30)")
+    func formerMemberRefused() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let client = try await TestHTTPSClient.connect(port: gateway.port, cert: ggz.cert, key: ggz.key)
+        let refused = try await reidentify(client, token: try token(gateway))
+        #expect(refused.status == 403 && refused.json?["code"]?.stringValue == "forbidden", "\(refused.body)")
+        #expect(!refused.body.contains(bsn.digits))
+        await client.close()
+    }
+
     @Test("a log that cannot be written (file size limit): 503 audit_unavailable, /health not ready, nothing re-identified; ready again without a request once writable")
     func failClosed() async throws {
-        let gateway = try GatewayProcess()
+        let gateway = try GatewayProcess(policies: try policiesWithMentalHealthCareStillAMember())
         defer { gateway.stop() }
         let client = try await TestHTTPSClient.connect(port: gateway.port, cert: ggz.cert, key: ggz.key)
         let token = try token(gateway)
@@ -219,7 +231,7 @@ struct DemoPersonalDataTests {
         let dir = temporaryDirectory("ketenpoort-demo-run")
         let demo = try GatewayProcess(
             directory: dir, configPath: dir + "/gateway.yaml",
-            arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", packageRoot + "/Policies"])
+            arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", try policiesWithMentalHealthCareStillAMember()])
         defer { demo.stop() }
         for _ in 0..<300 where !demo.stdout.contains("scenario: done") && !demo.stdout.contains("scenario: stopped") {
             try await Task.sleep(for: .milliseconds(100))

@@ -125,6 +125,23 @@ struct GatewayProcessError: Error, CustomStringConvertible {
     var description: String { message }
 }
 
+/// The example region's policies, copied, with mental-health care (ggz-zhz) still a member of
+/// the local table. It left on 2026-06-30, and only a member gets tokens of its route
+/// re-identified: tests that re-identify today use this copy.
+func policiesWithMentalHealthCareStillAMember() throws -> String {
+    let dir = temporaryDirectory("ketenpoort-policies-ggz")
+    let ended = "{ partner: ggz-zhz, since: 2024-01-01, until: 2026-06-30 }"
+    for name in try FileManager.default.contentsOfDirectory(atPath: packageRoot + "/Policies") where name.hasSuffix(".yaml") || name.hasSuffix(".json") {
+        var text = try String(contentsOfFile: packageRoot + "/Policies/" + name, encoding: .utf8)
+        if name == "lokaal-dordrecht.yaml" {
+            guard text.contains(ended) else { throw GatewayProcessError(message: "lokaal-dordrecht.yaml no longer says `\(ended)`") }
+            text = text.replacingOccurrences(of: ended, with: "{ partner: ggz-zhz, since: 2024-01-01 }")
+        }
+        try write(text, to: dir + "/" + name)
+    }
+    return dir
+}
+
 /// A plain TCP connection to 127.0.0.1 that sends nothing: for limits and idle timeouts.
 final class IdleTCPConnection {
     let fd: Int32
