@@ -259,12 +259,16 @@ extension DecisionRequest {
             guard let ground = json["ground"]?.stringValue, Vocabulary.safetyExceptionGrounds.contains(ground) else {
                 throw fail("`basis.ground` must be one of \(Vocabulary.safetyExceptionGrounds.sorted().joined(separator: ", "))")
             }
-            let justification = !(json["justification"]?.stringValue ?? "").trimmingCharacters(in: .whitespaces).isEmpty
-            let professional = !(json["professional"]?.stringValue ?? "").trimmingCharacters(in: .whitespaces).isEmpty
+            // Text that is only spaces, tabs or line breaks says nothing: not a justification.
+            func said(_ value: JSONValue?) -> Bool { !(value?.stringValue ?? "").trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }
+            let justification = said(json["justification"])
+            let professional = said(json["professional"])
             var meldcode = false
             if let steps = json["meldcode"] {
-                let required = ["signalsMapped", "colleagueConsulted", "clientSpokenTo", "weighed", "decided"]
-                meldcode = required.allSatisfy { steps[$0] != nil && steps[$0] != .bool(false) && steps[$0] != .null }
+                // Each step taken (`true`, not merely present: "", 0 or "nee" is not a step),
+                // and the decision it led to named.
+                let taken = ["signalsMapped", "colleagueConsulted", "clientSpokenTo", "weighed"]
+                meldcode = taken.allSatisfy { steps[$0]?.boolValue == true } && said(steps["decided"])
             }
             var judgement = false
             if let j = json["conflictOfDuties"] {
