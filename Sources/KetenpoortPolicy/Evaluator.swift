@@ -310,10 +310,19 @@ extension PolicySet {
         let valid = validIndices.lazy.map { consents[$0] }
         guard !request.subjects.isEmpty else { return .failure(RouteFailure(reason: "a consent basis needs the subjects the data is about")) }
         var covered = requestedBits
+        // Data no subject is said to be about needs a consent too: whose, is unknown, so it is
+        // not covered (withheld) rather than let through unconsented.
+        var claimed: UInt64 = 0
         for subject in request.subjects {
             let concerns = subject.categoryBits.map { $0 & requestedBits } ?? requestedBits
+            claimed |= concerns
             if concerns == 0 { continue }
-            let age = subject.age ?? 18
+            // Who may consent depends on the age for someone not competent (a parent, a
+            // guardian or a representative): without it there is no telling, so no consent.
+            // Someone competent without an age counts as an adult: only their own consent counts.
+            guard let age = subject.age ?? (subject.competent ? 18 : nil) else {
+                return .failure(RouteFailure(reason: "the age of `\(subject.ref)` is needed: who consents for a person who is not competent depends on it"))
+            }
             var grantedBits: UInt64 = 0
             var anyOfTheirs = false
             if !subject.competent || age < 12 {
@@ -363,7 +372,7 @@ extension PolicySet {
             }
             covered &= ~(concerns & ~grantedBits)
         }
-        return .success(covered)
+        return .success(covered & claimed)
     }
 }
 

@@ -534,6 +534,9 @@ final class ExchangeService: Sendable {
         if capacity == "parent_with_custody" && age >= 12 && competent {
             throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; parents neither co-consent nor veto")
         }
+        if capacity == "representative" && age < 18 {
+            throw KetenpoortError(.invalidRequest, "a representative consents for an adult who cannot decide; for a minor, the parents with custody or a guardian do")
+        }
         var grantorRef: String?
         if capacity == "guardian" {
             // A certified institution acting as guardian (voogd) consents in the parents' place

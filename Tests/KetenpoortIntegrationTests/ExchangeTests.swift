@@ -336,6 +336,10 @@ struct ExchangeTests {
             .replacingOccurrences(of: "\"capacity\": \"parent_with_custody\", \"bsn\": \"\(Self.mother)\"", with: "\"capacity\": \"self\"")
         let quotedCompetence = try await post(team, "/v1/consents", selfConsent)
         #expect(quotedCompetence.status == 422 && quotedCompetence.json?["detail"]?.stringValue?.contains("subject.competent") == true, "\(quotedCompetence.body)")
+        // A representative consents for an adult who cannot decide, not for a child.
+        let representative = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother)
+            .replacingOccurrences(of: "\"capacity\": \"parent_with_custody\", \"bsn\": \"\(Self.mother)\"", with: "\"capacity\": \"representative\""))
+        #expect(representative.status == 422 && representative.json?["detail"]?.stringValue?.contains("representative") == true, "\(representative.body)")
         // A validity date that is not a real day would move the period when compared as text.
         let notADay = try await post(team, "/v1/consents", Self.consentBody(grantor: Self.mother).replacingOccurrences(of: "\"categories\"", with: "\"validUntil\": \"2026-02-30\", \"categories\""))
         #expect(notADay.status == 422 && code(notADay) == "invalid_request" && notADay.json?["detail"]?.stringValue?.contains("validUntil") == true)
