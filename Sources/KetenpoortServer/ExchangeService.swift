@@ -373,6 +373,12 @@ final class ExchangeService: Sendable {
                 fields.insert(category + "." + field)
             }
         }
+        // Reporter protection turns on who the reporter is: data that names the reporter comes
+        // with the `reporter` it names (a bystander or a professional), never without.
+        if fields.contains("concern_signal.reporter") && caseFacts.reporterKind == nil {
+            throw KetenpoortError(
+                .invalidRequest, "`data.concern_signal.reporter` names the reporter: say who that is in `reporter` (`kind`: professional or bystander, `protected`, `consented`)")
+        }
         let decisionRequest = DecisionRequest(
             sender: caller.id, caseTable: caseTable, purpose: purpose, recipient: recipient, basis: try DecisionRequest.basis(basis),
             subjects: subjects.map { s in

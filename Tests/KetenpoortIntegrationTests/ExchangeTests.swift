@@ -316,6 +316,10 @@ struct ExchangeTests {
             let r = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"subjects\":", with: member + "\"subjects\":"))
             #expect(r.status == 422 && code(r) == "invalid_request" && r.json?["detail"]?.stringValue?.contains(path) == true, "\(r.body)")
         }
+        // Data naming the reporter without saying who the reporter is would skip reporter protection.
+        let unnamedReporter = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"summary\": \"blauwe plekken op de armen\"", with: "\"summary\": \"blauwe plekken op de armen\", \"reporter\": \"de buurvrouw\""))
+        #expect(unnamedReporter.status == 422 && unnamedReporter.json?["detail"]?.stringValue?.contains("`reporter`") == true, "\(unnamedReporter.body)")
+        #expect(!unnamedReporter.body.contains("buurvrouw"))
         let quotedFlag = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"age\": 9}", with: "\"age\": 9, \"competent\": \"false\"}"))
         #expect(quotedFlag.status == 422 && quotedFlag.json?["detail"]?.stringValue?.contains("subjects[0].competent") == true, "\(quotedFlag.body)")
         let denied = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ["no-such-consent"]))
