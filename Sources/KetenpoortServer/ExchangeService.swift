@@ -330,13 +330,17 @@ final class ExchangeService: Sendable {
         // The decision request, built directly (the same reading as DecisionRequest(json:), which
         // the policy tests use: consents and facts from the registry, reporter from the body).
         var caseFacts = CaseFacts(date: date)
+        // Jw 7.3.11-4 lets data go to the institution carrying out *that* child's order: when the
+        // subjects' orders name different institutions, none of them is that for every subject.
+        var orderInstitutions = Set<String?>()
         for ref in refs {
             let f = facts[ref] ?? [:]
             if f["case-closed"]?["closed"]?.boolValue == true { caseFacts.caseClosed = true }
             if f["vt-investigation"]?["open"]?.boolValue == true { caseFacts.vtInvestigationOpen = true }
             if let o = f["supervision-order"], o["active"]?.boolValue == true {
                 caseFacts.supervisionOrderActive = true
-                caseFacts.supervisionOrderInstitution = o["institution"]?.stringValue
+                orderInstitutions.insert(o["institution"]?.stringValue)
+                caseFacts.supervisionOrderInstitution = orderInstitutions.count == 1 ? o["institution"]?.stringValue : nil
             }
             for from in f["keep-apart"]?["from"]?.arrayValue ?? [] {
                 guard let other = from.stringValue, !other.isEmpty else { throw KetenpoortError(.invalidRequest, "a registered keep-apart fact is malformed") }

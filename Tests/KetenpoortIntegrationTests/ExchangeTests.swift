@@ -378,6 +378,14 @@ struct ExchangeTests {
         #expect(fact.status == 201, "\(fact.body)")
         let sent = try await post(team, "/v1/exchanges", body)
         #expect(sent.status == 201, "\(sent.body)")
+        // A second child whose order another institution carries out: together, neither
+        // institution carries out the order of both, so the ground does not hold for the pair.
+        let sibling = "999990032"  // test range, 11-check
+        let other = try await post(boardClient, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "supervision-order", "subject": "\#(sibling)", "active": true, "institution": "william-schrikker"}"#)
+        #expect(other.status == 201, "\(other.body)")
+        let both = body.replacingOccurrences(of: "\"subjects\": [", with: "\"subjects\": [{\"bsn\": \"\(sibling)\", \"role\": \"child\", \"age\": 7}, ")
+        let pair = try await post(team, "/v1/exchanges", both)
+        #expect(pair.status == 403, "\(pair.body)")
         await team.close()
         await boardClient.close()
     }
