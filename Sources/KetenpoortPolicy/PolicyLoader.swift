@@ -471,7 +471,14 @@ final class PolicyFileReader {
             case "deferred":
                 guard let ground = i["ground"]?.string else { error(m["inform_subject"], "a deferred `inform_subject` needs its `ground`"); ok = false; break }
                 inform = .deferred(ground: ground)
-            case "never-required", "not_required": inform = .notRequired
+            case "never-required", "not_required":
+                inform = .notRequired
+                // Without consent is not without knowing (domain.md): a safety exception informs
+                // the subject, before, after, or deferred on a stated ground.
+                if grounds.keys.contains(where: { Vocabulary.safetyExceptionGrounds.contains($0) }) {
+                    error(m["inform_subject"], "route `\(id)` allows a safety exception: the subject must be informed (`before`, `after` with `days`, or `deferred` with its `ground`)")
+                    ok = false
+                }
             default: error(m["inform_subject"], "`inform_subject.when` must be before, after or deferred"); ok = false
             }
         } else if grounds.keys.contains(where: { Vocabulary.safetyExceptionGrounds.contains($0) }) {
