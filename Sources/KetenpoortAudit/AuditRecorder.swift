@@ -16,6 +16,7 @@ public enum AuditKind: String, Sendable, CaseIterable {
     case retention
     case factRegistered = "fact-registered"
     case subjectInformed = "subject-informed"
+    case subjectReport = "subject-report"
 }
 
 /// One exchange as the log records it, in clear only in memory: the recorder turns the BSNs
@@ -126,6 +127,14 @@ public struct AuditRecorder: Sendable {
             kind: decision.isPermit ? AuditKind.exchangePermitted.rawValue : AuditKind.exchangeDenied.rawValue, members: members,
             subjects: Array(Set(try event.subjectPseudonyms ?? event.subjects.map(subjectPseudonym))).sorted(), texts: try sealed(event.texts),
             retainUntil: retain)
+    }
+
+    /// An officer looked up everything the log holds about one person (an access report): who,
+    /// and about whom (as the log pseudonym, never the BSN).
+    public func subjectReport(officer: String, subject: BSN, entries: Int) throws -> AuditRecord {
+        AuditRecord(
+            kind: AuditKind.subjectReport.rawValue, members: [("officer", .string(officer)), ("entries", .number(Double(entries)))],
+            subjects: [try subjectPseudonym(subject)])
     }
 
     /// The entry for a re-identification (the value itself never; the subject as a pseudonym).

@@ -76,11 +76,14 @@ struct Console {
             case (.POST, "/console/integrity/verify"): return try integrity(verified: try AuditVerifier.verify(location: audit.database, keys: try audit.keys.verifierKeys))
             case (.GET, "/console/routemap"): return try routemap()
             case (.GET, "/console/subject-report"): return subjectReportForm()
-            case (.POST, "/console/subject-report"): return try subjectReport(request)
+            case (.POST, "/console/subject-report"): return try await subjectReport(request, officer)
             default: return page("Niet gevonden", "<p>Deze pagina bestaat niet.</p>", route: "/console", status: .notFound)
             }
         } catch let error as KetenpoortError {
-            return page("Fout", "<p class=\"bad\">\(Console.escape(error.message))</p>", route: "/console", status: GatewayResponse.problemStatus(for: error.code).0)
+            // The API's public wording: storage messages (tables, servers) are not shown.
+            let problem = GatewayResponse.problem(for: error, route: "/console")
+            let detail = (try? JSONParser.parse(bytes: problem.body))?["detail"]?.stringValue ?? "De pagina kon niet worden gemaakt."
+            return page("Fout", "<p class=\"bad\">\(Console.escape(detail))</p>", route: "/console", status: problem.status)
         } catch {
             return page("Fout", "<p class=\"bad\">De pagina kon niet worden gemaakt.</p>", route: "/console", status: .internalServerError)
         }
@@ -274,11 +277,13 @@ struct Console {
             """, route: "/console/subject-report")
     }
 
-    func subjectReport(_ request: GatewayRequest) throws -> GatewayResponse {
+    func subjectReport(_ request: GatewayRequest, _ officer: Officer) async throws -> GatewayResponse {
         guard let text = Console.form(request)["bsn"], let bsn = try? BSN(text.trimmingCharacters(in: .whitespaces)) else {
             throw KetenpoortError(.invalidBSN, "that is not a valid BSN (nine digits passing the 11-check)")
         }
         let report = try audit.read { try SubjectReport.build(store: $0, pseudonyms: try audit.keys.subjectPseudonyms(bsn)) }
+        // Looking up a person is itself logged, before the report is shown (fail closed).
+        try await audit.record(try audit.recorder.subjectReport(officer: officer.id, subject: bsn, entries: report.items.count))
         var html = "<p>\(report.items.count) uitwisseling(en) over deze persoon.</p><table><tr><th>#</th><th>datum</th><th>casustafel</th><th>afzender</th><th>ontvanger</th><th>doel</th><th>grond</th><th>gegevens</th><th>bewijs</th></tr>"
         for item in report.items {
             html += "<tr><td>\(item.sequence)</td><td>\(Console.escape(String(item.time.prefix(10))))</td><td>\(Console.escape(item.caseTable))</td><td>\(Console.escape(item.sender))</td><td>\(Console.escape(item.recipient))</td><td>\(Console.escape(item.purpose))</td><td>\(Console.escape(item.basis))</td><td>\(Console.escape(item.categories.joined(separator: ", ")))</td><td>\(item.proof == nil ? "nog geen boomkop" : "\(item.proof!.path.count) hashes")</td></tr>"

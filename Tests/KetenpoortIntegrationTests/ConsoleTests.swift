@@ -70,6 +70,12 @@ struct ConsoleTests {
         #expect(reviews.stdout.contains("\"officer\":\"privacy-officer-zhz\""))
         let informedEntries = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "subject-informed"])
         #expect(informedEntries.stdout.contains("\"informedOn\":\"2026-01-04\""))
+        // The access report is logged: which officer looked up whom (a pseudonym, not the BSN).
+        let lookups = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "subject-report"])
+        let lookup = try #require(lookups.stdout.split(separator: "\n").first.map { try JSONParser.parse(String($0)) }, "\(lookups.stdout)")
+        #expect(lookup["officer"]?.stringValue == "privacy-officer-zhz" && lookup["entries"]?.intValue == 1)
+        #expect(lookup["subjects"]?.arrayValue?.first?.stringValue?.hasPrefix("ps1.") == true)
+        #expect(!lookups.stdout.contains("999990019"))
     }
 }
 
