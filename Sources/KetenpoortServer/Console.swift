@@ -233,11 +233,16 @@ struct Console {
     /// Records that the family was informed (logged; the exchange leaves the overdue list).
     func informed(_ id: String, _ request: GatewayRequest, _ officer: Officer) async throws -> GatewayResponse {
         let date = Console.form(request)["date"] ?? ""
-        guard date.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) != nil else {
-            throw KetenpoortError(.invalidRequest, "give the date the family was informed (YYYY-MM-DD)")
+        guard CalendarDate.isValid(date), date <= ExchangeService.today else {
+            throw KetenpoortError(.invalidRequest, "give the day the family was informed (YYYY-MM-DD, a real day, not in the future)")
         }
-        guard let row = try exchanges.repository.exchange(id: id), row.decision == "permit" else {
-            throw KetenpoortError(.notFound, "no permitted exchange with this id")
+        guard let row = try exchanges.repository.exchange(id: id), row.decision == "permit", row.informSubjectBy != nil else {
+            throw KetenpoortError(.notFound, "no permitted exchange with this id whose subject must be informed")
+        }
+        // Recorded once: a second post (a double click, a second officer) would log a date the
+        // database does not keep.
+        if let already = try exchanges.repository.informedAt(id: id) {
+            throw KetenpoortError(.notFound, "the family was already recorded as informed of this exchange, on \(already)")
         }
         var record = AuditRecord(
             kind: AuditKind.subjectInformed.rawValue,

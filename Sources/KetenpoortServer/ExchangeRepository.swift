@@ -317,6 +317,11 @@ final class ExchangeRepository: @unchecked Sendable {
         }
     }
 
+    /// When the family was recorded as informed of exchange `id` (nil: not yet).
+    func informedAt(id: String) throws -> String? {
+        try with { db in try db.row("SELECT informed_at FROM exchanges WHERE id = ?", [.text(id)])?.string(0) }
+    }
+
     /// Permitted exchanges whose date to inform the subject has passed.
     func informOverdue(today: String, limit: Int) throws -> [ExchangeRow] {
         try with { db in

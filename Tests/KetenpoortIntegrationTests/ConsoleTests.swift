@@ -53,8 +53,13 @@ struct ConsoleTests {
         try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db").execute("UPDATE exchanges SET inform_subject_by = '2026-01-05'")
         let overdue = try await client.request("/console/uninformed")
         #expect(overdue.body.contains("2026-01-05") && overdue.body.contains("/console/uninformed/\(id)"))
+        for bad in ["date=2026-02-30", "date=2999-01-01", "date=4-1-2026"] {
+            #expect(try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: bad).status == 422, "\(bad)")
+        }
         let informed = try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: "date=2026-01-04")
         #expect(informed.status == 303)
+        // Recorded once: a second post is refused and logs nothing.
+        #expect(try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: "date=2026-01-05").status == 404)
         #expect(try await client.request("/console/uninformed").body.contains("Geen betrokkenen"))
         let verify = try await client.request("/console/integrity/verify", method: .POST, headers: form, body: "")
         #expect(verify.body.contains("regels gecontroleerd"), "\(verify.body.suffix(300))")
@@ -70,6 +75,7 @@ struct ConsoleTests {
         #expect(reviews.stdout.contains("\"officer\":\"privacy-officer-zhz\""))
         let informedEntries = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "subject-informed"])
         #expect(informedEntries.stdout.contains("\"informedOn\":\"2026-01-04\""))
+        #expect(informedEntries.stdout.split(separator: "\n").count == 1, "one record, not one per post")
         // The access report is logged: which officer looked up whom (a pseudonym, not the BSN).
         let lookups = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "subject-report"])
         let lookup = try #require(lookups.stdout.split(separator: "\n").first.map { try JSONParser.parse(String($0)) }, "\(lookups.stdout)")
