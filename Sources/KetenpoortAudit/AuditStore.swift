@@ -602,6 +602,21 @@ public enum AuditClock {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Whether `text` can bound a query on entry times, which are compared as text: a day
+    /// (`YYYY-MM-DD`) or a UTC time as the log writes it (`…T…Z`). An offset such as `+02:00`
+    /// would compare wrongly, so it is not accepted.
+    public static func isQueryBound(_ text: String) -> Bool {
+        if CalendarDate.isValid(text) { return true }
+        guard text.utf8.count >= 20, text.hasSuffix("Z"), CalendarDate.isValid(String(text.prefix(10))), parse(text) ?? parseWhole(text) != nil else { return false }
+        return true
+    }
+
+    private static func parseWhole(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.date(from: text)
+    }
+
     public static func parse(_ text: String) -> Date? {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]

@@ -88,9 +88,18 @@ struct AuditAPI {
         query.recipient = request.query["recipient"]
         query.purpose = request.query["purpose"]
         query.decision = request.query["decision"]
+        if let d = query.decision, !["permit", "deny"].contains(d) { throw KetenpoortError(.invalidRequest, "`decision` must be permit or deny") }
         query.basisType = request.query["basisType"]
+        if let b = query.basisType, !["consent", "safety-exception", "statutory"].contains(b) {
+            throw KetenpoortError(.invalidRequest, "`basisType` must be consent, safety-exception or statutory")
+        }
         query.from = request.query["from"]
         query.until = request.query["until"]
+        for (name, value) in [("from", query.from), ("until", query.until)] {
+            if let value, !AuditClock.isQueryBound(value) {
+                throw KetenpoortError(.invalidRequest, "`\(name)` must be a day (YYYY-MM-DD) or a UTC time (YYYY-MM-DDTHH:MM:SSZ)")
+            }
+        }
         query.afterSequence = try number(request, "after")
         let limit = Int(try number(request, "limit") ?? 100)
         guard (1...1_000).contains(limit) else { throw KetenpoortError(.invalidRequest, "`limit` must be from 1 to 1000") }

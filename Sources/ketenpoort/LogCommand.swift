@@ -129,6 +129,9 @@ struct LogFilterOptions: ParsableArguments {
             throw ValidationError("--basis-type must be consent, safety-exception or statutory")
         }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        for (name, value) in [("--from", from), ("--until", until)] {
+            if let value, !AuditClock.isQueryBound(value) { throw ValidationError("\(name) must be a day (YYYY-MM-DD) or a UTC time (YYYY-MM-DDTHH:MM:SSZ)") }
+        }
     }
 
     func query(keys: LogKeyOptions) throws -> AuditQuery {

@@ -39,6 +39,16 @@ struct CLITests {
         #expect(r.stdout.isEmpty)
     }
 
+    @Test("log query: a time bound that is not a day or a UTC time is refused (exit 2, one line)")
+    func logQueryBounds() throws {
+        let db = temporaryDirectory() + "/log.db"
+        for bad in [["--from", "2026-13-01"], ["--until", "2026-06-01T12:00:00+02:00"], ["--from", "gisteren"]] {
+            let r = try ketenpoort(["log", "query", "--db", db] + bad)
+            #expect(r.status == 2, "\(bad) \(r.stderr)")
+            #expect(r.stderr.contains(bad[0]) && r.stderr.contains("UTC"), "\(r.stderr)")
+        }
+    }
+
     @Test("a key file readable by others: exit 2 with what to do")
     func looseKeyFile() throws {
         let dir = temporaryDirectory()

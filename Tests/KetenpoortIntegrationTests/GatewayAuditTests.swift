@@ -61,6 +61,14 @@ struct GatewayAuditTests {
         let filtered = try await officerClient.request("/v1/audit/entries?kind=re-identification&limit=1")
         #expect(filtered.json?["items"]?.arrayValue?.count == 1)
         #expect(try await officerClient.request("/v1/audit/entries?kind=nonsense").status == 422)
+        // Times are compared as the log writes them: a day or a UTC time; anything else is refused.
+        for bad in ["from=abc", "from=2026-02-30", "from=2026-06-01T12:00:00%2B02:00", "until=yesterday", "decision=maybe", "basisType=x"] {
+            #expect(try await officerClient.request("/v1/audit/entries?\(bad)").status == 422, "\(bad)")
+        }
+        for good in ["from=2020-01-01", "until=2999-01-01T00:00:00Z", "from=2020-01-01T00:00:00.000Z&decision=permit"] {
+            #expect(try await officerClient.request("/v1/audit/entries?\(good)").status == 200, "\(good)")
+        }
+        #expect(try await officerClient.request("/v1/audit/entries?from=2020-01-01").json?["items"]?.arrayValue?.count == 2)
         let proof = try await officerClient.request("/v1/audit/entries/2/proof")
         #expect(proof.status == 200)
         let consistency = try await officerClient.request("/v1/audit/consistency?from=1&to=2")
