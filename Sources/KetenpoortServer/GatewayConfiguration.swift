@@ -147,7 +147,7 @@ public struct GatewayConfiguration: Sendable {
         if let v = root["event_loop_threads"] { configuration.eventLoopThreads = try reader.int(v, "event_loop_threads", range: 0...256) }
         if let v = root["log_level"] {
             let level = try reader.string(v, "log_level")
-            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+            guard GatewayConfiguration.logLevels.contains(level) else {
                 throw KetenpoortError(.configuration, "\(reader.at(v))log_level `\(level)` is not one of trace, debug, info, notice, warning, error, critical")
             }
             configuration.logLevel = level
@@ -223,13 +223,18 @@ public struct GatewayConfiguration: Sendable {
     /// `KETENPOORT_TLS_CLIENT_CA`, `KETENPOORT_TLS_CRL`, `KETENPOORT_TLS_MIN_VERSION`, `KETENPOORT_POLICIES`,
     /// `KETENPOORT_DATABASE`, `KETENPOORT_KEYS`, `KETENPOORT_MAX_CONNECTIONS`, `KETENPOORT_MAX_BODY_BYTES`,
     /// `KETENPOORT_LOG_LEVEL`.
+    static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// The same ranges as the file: an environment variable may not set what the file may not.
     public mutating func applyEnvironment(_ environment: [String: String]) throws {
         if let v = environment["KETENPOORT_LISTEN"] { listen = try ListenAddress(parsing: v, what: "KETENPOORT_LISTEN") }
         if let v = environment["KETENPOORT_OPS_LISTEN"] { operationsListen = try ListenAddress(parsing: v, what: "KETENPOORT_OPS_LISTEN") }
         if let v = environment["KETENPOORT_TLS_CERTIFICATE"] { certificatePath = v }
         if let v = environment["KETENPOORT_TLS_KEY"] { privateKeyPath = v }
         if let v = environment["KETENPOORT_TLS_CLIENT_CA"] { clientCAPath = v }
-        if let v = environment["KETENPOORT_TLS_CRL"] { crlPath = v.isEmpty ? nil : v }
+        // An empty value (an unset template variable) is no value: it must not switch
+        // revocation checking off behind the file's back.
+        if let v = environment["KETENPOORT_TLS_CRL"], !v.isEmpty { crlPath = v }
         if let v = environment["KETENPOORT_TLS_MIN_VERSION"] {
             guard let version = TLSMinimumVersion(rawValue: v) else {
                 throw KetenpoortError(.configuration, "KETENPOORT_TLS_MIN_VERSION must be 1.2 or 1.3")
@@ -240,13 +245,22 @@ public struct GatewayConfiguration: Sendable {
         if let v = environment["KETENPOORT_DATABASE"] { databasePath = v }
         if let v = environment["KETENPOORT_DATABASE_PASSWORD_FILE"] { databasePasswordFile = v }
         if let v = environment["KETENPOORT_KEYS"] { masterKeyPath = v }
-        if let v = environment["KETENPOORT_LOG_LEVEL"] { logLevel = v }
+        if let v = environment["KETENPOORT_LOG_LEVEL"] {
+            guard GatewayConfiguration.logLevels.contains(v) else {
+                throw KetenpoortError(.configuration, "KETENPOORT_LOG_LEVEL `\(v.prefix(32))` is not one of \(GatewayConfiguration.logLevels.joined(separator: ", "))")
+            }
+            logLevel = v
+        }
         if let v = environment["KETENPOORT_MAX_CONNECTIONS"] {
-            guard let n = Int(v), n > 0 else { throw KetenpoortError(.configuration, "KETENPOORT_MAX_CONNECTIONS must be a positive whole number") }
+            guard let n = Int(v), (1...1_000_000).contains(n) else {
+                throw KetenpoortError(.configuration, "KETENPOORT_MAX_CONNECTIONS must be a whole number from 1 to 1000000")
+            }
             limits.maxConnections = n
         }
         if let v = environment["KETENPOORT_MAX_BODY_BYTES"] {
-            guard let n = Int(v), n >= 1024 else { throw KetenpoortError(.configuration, "KETENPOORT_MAX_BODY_BYTES must be a whole number of at least 1024") }
+            guard let n = Int(v), (1024...64 * 1024 * 1024).contains(n) else {
+                throw KetenpoortError(.configuration, "KETENPOORT_MAX_BODY_BYTES must be a whole number from 1024 to 67108864 (64 MiB)")
+            }
             limits.maxBodyBytes = n
         }
     }

@@ -79,6 +79,9 @@ public final class GatewayServer: Sendable {
         let context = try TLSContext(configuration: configuration.serverTLS)
         self.tls = TLSContextBox(context)
         metrics.certificateExpires("server", at: context.certificate?.notAfter)
+        if configuration.crlPath == nil {
+            logger.warning("no CRL configured (`tls.crl`): a revoked partner certificate is not refused until it expires")
+        }
         let threads = configuration.eventLoopThreads > 0 ? configuration.eventLoopThreads : System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     }

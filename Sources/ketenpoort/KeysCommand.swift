@@ -24,7 +24,7 @@ struct KeysRotate: ParsableCommand {
     @Argument(help: "The key file.") var file: String
     func run() throws {
         let id = try MasterKeyFile.rotate(path: file)
-        print("new current key \(id) in \(file); restart or SIGHUP the gateway to use it")
+        print("new current key \(id) in \(file); restart the gateway to use it (SIGHUP reloads TLS and policies, not keys)")
     }
 }
 

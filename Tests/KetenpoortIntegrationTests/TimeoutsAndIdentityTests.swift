@@ -1,5 +1,6 @@
 import Foundation
 import KetenpoortCore
+import KetenpoortServer
 import KetenpoortTLS
 import NIOCore
 import NIOPosix
@@ -120,6 +121,23 @@ struct TimeoutsAndIdentityTests {
         // Unpinned partners are unaffected.
         let dordrecht = try await TestHTTPSClient.connect(port: gateway.port, cert: partner.cert, key: partner.key)
         #expect(try await dordrecht.request("/v1/whoami").status == 200)
+    }
+
+    @Test("environment variables are held to the file's ranges; an empty CRL variable does not switch revocation off")
+    func environmentChecked() throws {
+        var configuration = GatewayConfiguration()
+        configuration.crlPath = "/etc/ketenpoort/crl.pem"
+        try configuration.applyEnvironment(["KETENPOORT_TLS_CRL": ""])
+        #expect(configuration.crlPath == "/etc/ketenpoort/crl.pem")
+        for (name, value) in [
+            ("KETENPOORT_MAX_BODY_BYTES", "10000000000"), ("KETENPOORT_MAX_BODY_BYTES", "100"), ("KETENPOORT_MAX_CONNECTIONS", "2000000"),
+            ("KETENPOORT_LOG_LEVEL", "verbose"),
+        ] {
+            var c = GatewayConfiguration()
+            #expect(throws: KetenpoortError(.configuration, ""), "\(name)=\(value)") { try c.applyEnvironment([name: value]) }
+        }
+        try configuration.applyEnvironment(["KETENPOORT_MAX_BODY_BYTES": "2048", "KETENPOORT_LOG_LEVEL": "debug"])
+        #expect(configuration.limits.maxBodyBytes == 2048 && configuration.logLevel == "debug")
     }
 
     @Test("environment variables override the configuration file")
