@@ -57,11 +57,18 @@ public enum MasterKeyFile {
         }
     }
 
-    /// Writes a temporary file (0600) and renames it over `path`.
+    /// Writes a temporary file (0600) and renames it over `path`, keeping the file's owner, group
+    /// and group read (0640), so a gateway that reads it as its service user still can.
     static func replace(path: String, text: String) throws {
         let temporary = path + ".new"
         unlink(temporary)
         try writeNew(path: temporary, text: text)
+        var old = stat()
+        if stat(path, &old) == 0 {
+            // Never more than owner read-write and group read, whatever the old mode was.
+            _ = chmod(temporary, old.st_mode & 0o640)
+            if getuid() == 0 { _ = chown(temporary, old.st_uid, old.st_gid) }
+        }
         guard rename(temporary, path) == 0 else { throw KetenpoortError(.fileUnreadable, "cannot replace key file `\(path)`") }
     }
 }
@@ -132,6 +139,13 @@ public final class KeyRing: Sendable, CustomStringConvertible {
                 let key = Data(base64Encoded: parts[2]).map(Array.init), key.count == 32
             else {
                 throw KetenpoortError(.invalidKey, "key file `\(path)` line \(index + 1) is not `ID current|previous BASE64-32-BYTES`")
+            }
+            // The id is a part of every pseudonym and token (`ps1.<id>.…`): a dot in it would
+            // make them unreadable.
+            guard !parts[0].isEmpty, parts[0].utf8.count <= 32,
+                parts[0].utf8.allSatisfy({ (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == 45 || $0 == 95 })
+            else {
+                throw KetenpoortError(.invalidKey, "key file `\(path)` line \(index + 1): a key id is letters, digits, `-` or `_` (at most 32)")
             }
             guard !entries.contains(where: { $0.id == parts[0] }) else {
                 throw KetenpoortError(.invalidKey, "key file `\(path)` line \(index + 1): duplicate key id `\(parts[0])`")

@@ -341,6 +341,11 @@ struct LogAppendLoad: AsyncParsableCommand {
     @Option(help: "Concurrent writers.") var writers: Int = 16
     @Option(help: "Stop after this many entries (default: until killed).") var count: Int?
 
+    func validate() throws {
+        guard (1...1_024).contains(writers) else { throw ValidationError("--writers must be from 1 to 1024") }
+        if let count, count < 0 { throw ValidationError("--count must not be negative") }
+    }
+
     func run() async throws {
         let log = try AuditLog(path: db)
         let limit = count ?? Int.max

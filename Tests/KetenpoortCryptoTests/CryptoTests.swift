@@ -198,6 +198,29 @@ struct PseudonymTests {
         #expect(try KeyRing.load(path: file).currentKeyID == "k1")
     }
 
+    @Test("key ids are letters, digits, - or _: an id with a dot (it would break every pseudonym and token) is refused")
+    func keyIDs() throws {
+        let file = NSTemporaryDirectory() + "ids-\(UUID().uuidString.prefix(6)).key"
+        try MasterKeyFile.create(path: file)
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        for id in ["2025.1", "k 1", ""] {
+            try text.replacingOccurrences(of: "k1 current", with: "\(id) current").write(toFile: file, atomically: false, encoding: .utf8)
+            #expect(throws: KetenpoortError(.invalidKey, ""), "`\(id)`") { try KeyRing.load(path: file) }
+        }
+        try text.replacingOccurrences(of: "k1 current", with: "k2025_1 current").write(toFile: file, atomically: false, encoding: .utf8)
+        #expect(try KeyRing.load(path: file).currentKeyID == "k2025_1")
+    }
+
+    @Test("keys rotate keeps a group-readable key file group-readable (a gateway reading it as its service user still can)")
+    func rotateKeepsGroupRead() throws {
+        let file = NSTemporaryDirectory() + "group-\(UUID().uuidString.prefix(6)).key"
+        try MasterKeyFile.create(path: file)
+        try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: file)
+        _ = try MasterKeyFile.rotate(path: file)
+        #expect((try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int) == 0o640)
+        #expect(try KeyRing.load(path: file).currentKeyID == "k2")
+    }
+
     @Test("keys init refuses to overwrite an existing file")
     func noOverwrite() throws {
         let file = NSTemporaryDirectory() + "exists-\(UUID().uuidString.prefix(6)).key"
