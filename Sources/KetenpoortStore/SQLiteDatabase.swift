@@ -30,6 +30,13 @@ public final class SQLiteDatabase {
     /// Opens (or creates) the database, in WAL mode with the given durability.
     public init(path: String, synchronous: Synchronous = .full, readOnly: Bool = false) throws {
         var db: OpaquePointer?
+        if !readOnly && path != ":memory:" {
+            // A new database is created owner-only (0600); SQLite gives its -wal and -shm the
+            // database's mode. The process umask may be looser (a container, the command line),
+            // and the file holds pseudonymised personal data.
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            if fd >= 0 { close(fd) }
+        }
         let flags = readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)
         let rc = sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, nil)
         guard rc == SQLITE_OK, let db else {

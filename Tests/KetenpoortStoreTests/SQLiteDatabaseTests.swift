@@ -33,6 +33,19 @@ struct SQLiteDatabaseTests {
         #expect(try select.step() == false)
     }
 
+    @Test("a new database and its WAL are owner-only (0600) whatever the umask")
+    func ownerOnly() throws {
+        let path = temporaryPath()
+        let previous = umask(0o022)
+        defer { umask(previous) }
+        let db = try SQLiteDatabase(path: path)
+        try db.execute("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1)")
+        for file in [path, path + "-wal"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int
+            #expect(mode == 0o600, "\(file): \(String(mode ?? 0, radix: 8))")
+        }
+    }
+
     @Test("a transaction that throws leaves nothing behind")
     func rollback() throws {
         struct Abort: Error {}
