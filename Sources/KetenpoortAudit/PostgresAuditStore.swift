@@ -215,8 +215,10 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
             let page = min(remaining, 2_000)
             var sql = "SELECT e.sequence, e.time, e.kind, e.body, e.leaf_hash, e.erased_at FROM audit_entries e WHERE e.sequence > ?"
             if !conditions.isEmpty { sql += " AND " + conditions.joined(separator: " AND ") }
-            sql += " ORDER BY e.sequence LIMIT \(page)"
-            let rows = try database.rows(sql, [.integer(after)] + binds)
+            // The page size is bound, not written into the SQL: every distinct text is a prepared
+            // statement the connection keeps, and callers choose their limit.
+            sql += " ORDER BY e.sequence LIMIT ?"
+            let rows = try database.rows(sql, [.integer(after)] + binds + [.integer(Int64(page))])
             for row in rows {
                 guard try each(PostgresAuditStore.entry(row)) else { return }
             }

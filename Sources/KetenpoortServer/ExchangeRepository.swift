@@ -425,7 +425,10 @@ final class ExchangeRepository: @unchecked Sendable {
     /// Unacknowledged items per recipient: count and the oldest delivery time.
     func backlog() throws -> [(recipient: String, items: Int, oldest: String)] {
         try with { db in
-            try db.rows("SELECT recipient, count(*), min(delivered_at) FROM inbox WHERE acknowledged_at IS NULL GROUP BY recipient", []).map {
+            // An item whose payload retention erased can no longer be delivered: it is not waiting.
+            try db.rows(
+                "SELECT recipient, count(*), min(delivered_at) FROM inbox WHERE acknowledged_at IS NULL AND sealed_payload IS NOT NULL GROUP BY recipient", []
+            ).map {
                 ($0.string(0) ?? "", Int($0.int64(1)), $0.string(2) ?? "")
             }
         }

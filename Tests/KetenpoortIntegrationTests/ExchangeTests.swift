@@ -478,6 +478,14 @@ struct ExchangeTests {
         let vtClient = try await TestHTTPSClient.connect(port: again.port, cert: vt.cert, key: vt.key)
         #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true, "the payload is gone")
         await vtClient.close()
+        // An item retention erased cannot be delivered any more: it is not counted as waiting.
+        let series = #"ketenpoort_inbox_unacknowledged_items{partner="veilig-thuis-zhz"} "#
+        var waiting: String?
+        for _ in 0..<50 where waiting == nil {
+            waiting = try operationsGet(port: again.operationsPort, path: "/metrics").body.split(separator: "\n").first { $0.hasPrefix(series) }.map(String.init)
+            if waiting == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(waiting.flatMap { Double($0.split(separator: " ").last ?? "") } == 0, "\(waiting ?? "no series")")
     }
 
     @Test("the gateway killed (SIGKILL) under load loses no acknowledged exchange: every 201 is in the inbox and the log after a restart")
