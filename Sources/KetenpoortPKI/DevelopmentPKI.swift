@@ -128,11 +128,17 @@ public struct DevelopmentPKI: Sendable {
         // Revoke, then issue both CRLs.
         try run(["ca", "-config", path(".ca/openssl.cnf"), "-name", "intermediate_ca", "-revoke", path(".ca/requests/invalid-revoked.pem"),
                  "-crl_reason", "keyCompromise", "-batch"])
+        try issueCRLs()
+        try write(readme(partners: partners, officers: officers), to: path("README.txt"))
+    }
+
+    /// Issues fresh CRLs of the root and the intermediate into `crl.pem` (next update in 30
+    /// days): a PKI kept between demo runs would otherwise refuse every client once they expire.
+    public func issueCRLs() throws {
         try run(["ca", "-config", path(".ca/openssl.cnf"), "-name", "root_ca", "-gencrl", "-out", path(".ca/root.crl"), "-batch"])
         try run(["ca", "-config", path(".ca/openssl.cnf"), "-name", "intermediate_ca", "-gencrl", "-out", path(".ca/intermediate.crl"), "-batch"])
         let crls = try String(contentsOfFile: path(".ca/root.crl"), encoding: .utf8) + String(contentsOfFile: path(".ca/intermediate.crl"), encoding: .utf8)
         try write(crls, to: path("crl.pem"))
-        try write(readme(partners: partners, officers: officers), to: path("README.txt"))
     }
 
     // MARK: Steps

@@ -29,6 +29,10 @@ struct Demo: AsyncParsableCommand {
                 officers: registry.officers.map { PKIOfficer(id: $0.id, name: $0.name, serialNumber: $0.serialNumber) },
                 force: true)
             announce("created a development PKI in \(pkiDirectory)")
+        } else if fm.fileExists(atPath: pkiDirectory + "/.ca/openssl.cnf") {
+            // CRLs run 30 days: a PKI kept from an earlier run gets fresh ones, or every partner
+            // would be refused with crl_unavailable once they lapse.
+            try DevelopmentPKI(directory: pkiDirectory).issueCRLs()
         }
         let keyPath = root + "/keys"
         if !fm.fileExists(atPath: keyPath) {

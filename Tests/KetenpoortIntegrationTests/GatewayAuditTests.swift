@@ -273,5 +273,19 @@ struct DemoPersonalDataTests {
         let verified = try ketenpoort(["log", "verify", "--db", dir + "/ketenpoort.db", "--keys", dir + "/keys"])
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
         #expect(verified.stdout.contains("entries verified"), "\(verified.stdout)")
+
+        // A later run keeps the PKI but issues fresh CRLs (they run 30 days; lapsed, every
+        // partner would be refused), and its scenario still completes.
+        let crlBefore = try String(contentsOfFile: dir + "/pki/crl.pem", encoding: .utf8)
+        let again = try GatewayProcess(
+            directory: dir, configPath: dir + "/gateway.yaml",
+            arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", try policiesWithMentalHealthCareStillAMember()])
+        defer { again.stop() }
+        for _ in 0..<300 where !again.stdout.contains("scenario: done") && !again.stdout.contains("scenario: stopped") {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(again.stdout.contains("scenario: done"), "\(again.stdout.suffix(400))")
+        #expect(try String(contentsOfFile: dir + "/pki/crl.pem", encoding: .utf8) != crlBefore, "fresh CRLs")
+        #expect(try String(contentsOfFile: dir + "/pki/ca.crt", encoding: .utf8).isEmpty == false)
     }
 }
