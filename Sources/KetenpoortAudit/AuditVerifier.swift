@@ -73,13 +73,28 @@ public enum AuditVerifier {
 
     /// Verifies the log wherever it is (a SQLite file or a PostgreSQL database).
     public static func verify(location: DatabaseLocation, keys: [LogVerifierKey]? = nil, external: String? = nil, splitFrom: Int64 = 1 << 16) throws -> Report {
-        let store = try AuditStores.reading(location)
+        var report = Report(entries: 0, treeHead: MerkleTree.emptyRoot)
+        // A database that is there but holds no readable log (emptied, a table dropped, a
+        // corrupt file) is a failed check, not bad input; a missing file or server is.
+        let store: AuditStore
+        do {
+            store = try AuditStores.reading(location)
+        } catch let error as KetenpoortError where error.code == .invalidInput || error.code == .storageCorrupt {
+            report.firstBadEntry = 1
+            report.problem = "no readable audit log: \(error.message)"
+            return report
+        }
         var externalCheckpoint: Checkpoint?
         if let external {
             guard let keys else { throw KetenpoortError(.invalidInput, "checking a checkpoint needs the log's public key (`--public-key` or `--keys`)") }
-            externalCheckpoint = try Checkpoint.verify(note: external, keys: keys)
+            do {
+                externalCheckpoint = try Checkpoint.verify(note: external, keys: keys)
+            } catch let error as KetenpoortError where error.code == .signatureInvalid {
+                // A kept checkpoint that does not verify is what this check exists to find.
+                report.problem = "the checkpoint kept elsewhere does not verify: \(error.message)"
+                return report
+            }
         }
-        var report = Report(entries: 0, treeHead: MerkleTree.emptyRoot)
         report.signaturesChecked = keys != nil
         var checkpoints: [StoredCheckpoint] = []
         var lastSequence: Int64 = 0

@@ -44,7 +44,8 @@ public struct Checkpoint: Sendable, Equatable {
         note.hasPrefix(checkpoint.body + "\n")
     }
 
-    /// Parses a note and checks its signature by `keyName` with `publicKey`.
+    /// Parses a note and checks its signature by `keyName` with `publicKey`. A note that is not
+    /// a checkpoint is `invalid_input`; one whose signature fails is `signature_invalid`.
     public static func verify(note: String, keyName: String, publicKey: Ed25519PublicKey) throws -> Checkpoint {
         let parts = note.components(separatedBy: "\n\n")
         guard parts.count >= 2 else { throw KetenpoortError(.invalidInput, "not a signed note: no blank line before the signatures") }
@@ -62,8 +63,14 @@ public struct Checkpoint: Sendable, Equatable {
             if publicKey.isValidSignature(Array(blob.dropFirst(4)), for: Array(body.utf8)) {
                 return Checkpoint(origin: lines[0], treeSize: size, rootHash: root)
             }
-            throw KetenpoortError(.invalidInput, "the checkpoint's signature by `\(keyName)` does not verify")
+            throw KetenpoortError(.signatureInvalid, "the checkpoint's signature by `\(keyName)` does not verify")
         }
-        throw KetenpoortError(.invalidInput, "the checkpoint carries no signature by `\(keyName)`")
+        throw KetenpoortError(.signatureInvalid, "the checkpoint carries no signature by `\(keyName)`")
     }
+}
+
+extension KetenpoortError.Code {
+    /// A well-formed signed note or proof whose signature does not verify: a failed check (the
+    /// command line exits 1), not bad input.
+    public static let signatureInvalid = KetenpoortError.Code("signature_invalid")
 }

@@ -64,7 +64,8 @@ extension Checkpoint {
             do {
                 return try verify(note: note, keyName: key.name, publicKey: key.publicKey)
             } catch let error as KetenpoortError {
-                last = error
+                // A malformed note stays the answer over "no signature by this key".
+                if last?.code != .invalidInput { last = error }
             }
         }
         throw last ?? KetenpoortError(.invalidInput, "no verifier key given")

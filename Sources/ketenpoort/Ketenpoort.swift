@@ -52,7 +52,7 @@ struct CommandFailure: Error {
     static func exitCode(for error: KetenpoortError) -> Int32 {
         // Bad input or configuration: 2. Anything else that went wrong at run time: 1.
         switch error.code {
-        case .tls, .crypto, .internalError, .serviceUnavailable, .auditUnavailable: return 1
+        case .tls, .crypto, .internalError, .serviceUnavailable, .auditUnavailable, .signatureInvalid: return 1
         default: return 2
         }
     }

@@ -115,7 +115,15 @@ struct CheckpointAndProofTests {
         // An external checkpoint from another log (or a forged one) is refused.
         let otherKeys = try testLogKeys(["k9"])
         let forged = try Checkpoint(origin: otherKeys.origin, treeSize: 20, rootHash: kept.rootHash).signedNote(keyName: otherKeys.origin, key: try otherKeys.signer.key)
-        #expect(throws: KetenpoortError.self) { try AuditVerifier.verify(path: path, keys: verifiers, external: forged) }
+        let refused = try AuditVerifier.verify(path: path, keys: verifiers, external: forged)
+        #expect(!refused.isValid && refused.problem?.contains("does not verify") == true, "\(refused.problem ?? "")")
+        // A file that is not a signed note at all is bad input, not a failed check.
+        #expect(throws: KetenpoortError(.invalidInput, "")) { try AuditVerifier.verify(path: path, keys: verifiers, external: "not a checkpoint") }
+        // A database that is there but holds no log (emptied, truncated) fails the check.
+        let emptied = temporaryLogPath()
+        FileManager.default.createFile(atPath: emptied, contents: Data())
+        let nothing = try AuditVerifier.verify(path: emptied, keys: verifiers)
+        #expect(!nothing.isValid && nothing.problem?.contains("no readable audit log") == true, "\(nothing.problem ?? "")")
     }
 
     @Test("verifying in two halves on two threads finds the same tree heads and the same first bad entry")

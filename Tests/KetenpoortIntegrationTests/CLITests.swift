@@ -49,6 +49,15 @@ struct CLITests {
         }
     }
 
+    @Test("log verify: a database that holds no log any more fails the check (exit 1); a missing file is bad input (exit 2)")
+    func verifyEmptiedLog() throws {
+        let dir = temporaryDirectory()
+        FileManager.default.createFile(atPath: dir + "/emptied.db", contents: Data())
+        let emptied = try ketenpoort(["log", "verify", "--db", dir + "/emptied.db"])
+        #expect(emptied.status == 1 && emptied.stdout.contains("log verify failed"), "\(emptied.stdout)\(emptied.stderr)")
+        #expect(try ketenpoort(["log", "verify", "--db", dir + "/missing.db"]).status == 2)
+    }
+
     @Test("a key file readable by others: exit 2 with what to do")
     func looseKeyFile() throws {
         let dir = temporaryDirectory()
