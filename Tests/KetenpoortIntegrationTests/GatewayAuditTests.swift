@@ -234,16 +234,22 @@ struct GatewayAuditTests {
 /// `ketenpoort demo` end to end: the log it writes holds no BSN it was given.
 @Suite("Demo run: no personal data in the database files")
 struct DemoPersonalDataTests {
-    @Test("after a demo run (its scenario, and re-identifications of test BSNs), no BSN, name or free text is in ketenpoort.db, -wal or -shm")
-    func demoDatabaseHoldsNoBSN() async throws {
-        let dir = temporaryDirectory("ketenpoort-demo-run")
+    /// Runs `ketenpoort demo` in `dir` and waits for its scenario to end.
+    func runDemo(in dir: String) async throws -> GatewayProcess {
         let demo = try GatewayProcess(
             directory: dir, configPath: dir + "/gateway.yaml",
             arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", try policiesWithMentalHealthCareStillAMember()])
-        defer { demo.stop() }
         for _ in 0..<300 where !demo.stdout.contains("scenario: done") && !demo.stdout.contains("scenario: stopped") {
             try await Task.sleep(for: .milliseconds(100))
         }
+        return demo
+    }
+
+    @Test("after a demo run (its scenario, and re-identifications of test BSNs), no BSN, name or free text is in ketenpoort.db, -wal or -shm")
+    func demoDatabaseHoldsNoBSN() async throws {
+        let dir = temporaryDirectory("ketenpoort-demo-run")
+        let demo = try await runDemo(in: dir)
+        defer { demo.stop() }
         #expect(demo.stdout.contains("scenario: done"), "\(demo.stdout)")
         #expect(demo.stdout.contains("→ 403 exchange_denied"))
         // Test-range BSNs (999990000–999999999, 11-check): the scenario's, and more handed to the demo as tokens.
@@ -277,13 +283,8 @@ struct DemoPersonalDataTests {
         // A later run keeps the PKI but issues fresh CRLs (they run 30 days; lapsed, every
         // partner would be refused), and its scenario still completes.
         let crlBefore = try String(contentsOfFile: dir + "/pki/crl.pem", encoding: .utf8)
-        let again = try GatewayProcess(
-            directory: dir, configPath: dir + "/gateway.yaml",
-            arguments: ["demo", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--policies", try policiesWithMentalHealthCareStillAMember()])
+        let again = try await runDemo(in: dir)
         defer { again.stop() }
-        for _ in 0..<300 where !again.stdout.contains("scenario: done") && !again.stdout.contains("scenario: stopped") {
-            try await Task.sleep(for: .milliseconds(100))
-        }
         #expect(again.stdout.contains("scenario: done"), "\(again.stdout.suffix(400))")
         #expect(try String(contentsOfFile: dir + "/pki/crl.pem", encoding: .utf8) != crlBefore, "fresh CRLs")
         #expect(try String(contentsOfFile: dir + "/pki/ca.crt", encoding: .utf8).isEmpty == false)
