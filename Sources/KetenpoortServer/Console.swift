@@ -81,9 +81,8 @@ struct Console {
             }
         } catch let error as KetenpoortError {
             // The API's public wording: storage messages (tables, servers) are not shown.
-            let problem = GatewayResponse.problem(for: error, route: "/console")
-            let detail = (try? JSONParser.parse(bytes: problem.body))?["detail"]?.stringValue ?? "De pagina kon niet worden gemaakt."
-            return page("Fout", "<p class=\"bad\">\(Console.escape(detail))</p>", route: "/console", status: problem.status)
+            let told = GatewayResponse.publicForm(of: error)
+            return page("Fout", "<p class=\"bad\">\(Console.escape(told.detail))</p>", route: "/console", status: told.status)
         } catch {
             return page("Fout", "<p class=\"bad\">De pagina kon niet worden gemaakt.</p>", route: "/console", status: .internalServerError)
         }

@@ -42,7 +42,8 @@ final class ExchangeService: Sendable {
         return nil
     }
 
-    static let prefixes = ["/v1/exchanges", "/v1/consents", "/v1/facts", "/v1/inbox", "/v1/reviews"]
+    /// The collections this service answers under (from the resource table).
+    static let prefixes = Set(resources.map { "/" + $0.template[0] + "/" + $0.template[1] })
 
     static func handles(_ path: String) -> Bool {
         prefixes.contains { path == $0 || path.hasPrefix($0 + "/") }

@@ -144,18 +144,23 @@ public struct GatewayResponse: Sendable {
 
     /// The problem for a ``KetenpoortError`` raised while handling a request.
     public static func problem(for error: KetenpoortError, route: String) -> GatewayResponse {
-        // Storage failures are told as what the caller can do about them; the database's own
-        // message (which names tables and servers) goes to the operator's log, not to partners.
+        let told = publicForm(of: error)
+        return problem(told.status, code: told.code, title: told.title, detail: told.detail, route: route)
+    }
+
+    /// How an error is told outside the gateway (the API and the console). Storage failures are
+    /// told as what the caller can do about them; the database's own message (which names
+    /// tables and servers) goes to the operator's log, not to partners or officers.
+    static func publicForm(of error: KetenpoortError) -> (status: HTTPResponseStatus, code: KetenpoortError.Code, title: String, detail: String) {
         switch error.code {
         case .storageUnavailable:
-            return problem(.serviceUnavailable, code: .serviceUnavailable, title: "Service unavailable", detail: "the gateway's database cannot be reached; retry later", route: route)
+            return (.serviceUnavailable, .serviceUnavailable, "Service unavailable", "the gateway's database cannot be reached; retry later")
         case .storage, .storageCorrupt, .storageConstraint:
-            return problem(.internalServerError, code: .internalError, title: "Internal error", detail: "the request failed", route: route)
+            return (.internalServerError, .internalError, "Internal error", "the request failed")
         default:
-            break
+            let (status, title) = problemStatus(for: error.code)
+            return (status, error.code, title, error.message)
         }
-        let (status, title) = problemStatus(for: error.code)
-        return problem(status, code: error.code, title: title, detail: error.message, route: route)
     }
 
     static func problemStatus(for code: KetenpoortError.Code) -> (HTTPResponseStatus, String) {
