@@ -13,25 +13,42 @@ public enum AuditRetention {
         public var logSequence: Int64?
     }
 
-    /// At most this many entries are erased per retention entry (a long backlog takes several).
-    public static let batchLimit = 50_000
+    /// Entries erased per transaction and per retention entry. A transaction of this size holds
+    /// the log's write lock for tens of milliseconds, so a gateway writing to the same database
+    /// is not kept waiting past its busy timeout by a long backlog.
+    public static let defaultBatchSize = 1_000
 
-    /// - Parameter alsoErase: statements run in the first retention transaction (the gateway's
-    ///   undelivered payloads whose retention ended, for example).
-    public static func run(log: AuditLog, store: AuditStore, today: String, dryRun: Bool = false, alsoErase: [SideWrite] = []) async throws -> Result {
+    /// The pause between two transactions, so a writer waiting for the lock gets it. SQLite's
+    /// busy handler retries a waiting writer at most every 100 ms: a pause longer than that lets
+    /// it in (on PostgreSQL the advisory lock queues fairly; the pause costs little there).
+    public static let defaultPause: Duration = .milliseconds(120)
+
+    /// - Parameters:
+    ///   - alsoErase: statements run in the first retention transaction (the gateway's
+    ///     undelivered payloads whose retention ended, for example).
+    ///   - batchSize: entries erased per transaction (each recorded by a retention entry of its own).
+    ///   - progress: called after each transaction with the entries erased so far and the total.
+    public static func run(
+        log: AuditLog, store: AuditStore, today: String, dryRun: Bool = false, alsoErase: [SideWrite] = [],
+        batchSize: Int = defaultBatchSize, pause: Duration = defaultPause, progress: (@Sendable (Int, Int) -> Void)? = nil
+    ) async throws -> Result {
+        precondition(batchSize > 0, "a retention batch holds at least one entry")
         var result = Result(expired: 0, logSequence: nil)
-        var expired = try store.expired(before: today)
+        let expired = try store.expired(before: today)
         if dryRun { return Result(expired: expired.count, logSequence: nil) }
         var extra = alsoErase
-        while !expired.isEmpty {
-            let chunk = Array(expired.prefix(batchLimit))
-            expired.removeFirst(chunk.count)
+        var start = 0
+        while start < expired.count {
+            if start > 0 { try await Task.sleep(for: pause) }
+            let chunk = Array(expired[start..<min(expired.count, start + batchSize)])
+            start += chunk.count
             var record = AuditRecord(
                 kind: AuditKind.retention.rawValue, members: [("before", .string(today)), ("count", .number(Double(chunk.count)))], erases: chunk)
             record.sideWrites = extra
             extra = []
             result.logSequence = try await log.append(record)
             result.expired += chunk.count
+            progress?(result.expired, expired.count)
         }
         return result
     }

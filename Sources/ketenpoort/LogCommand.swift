@@ -320,7 +320,12 @@ struct LogRetention: AsyncParsableCommand {
         let store = try AuditStores.reading(databaseLocation(db))
         // A gateway database also holds payloads waiting for delivery: those past their retention go too.
         let inbox = store.hasTable("inbox") ? [SideWrite("UPDATE inbox SET sealed_payload = NULL WHERE retain_until IS NOT NULL AND retain_until < ? AND sealed_payload IS NOT NULL", [.text(day)])] : []
-        let result = try await AuditRetention.run(log: log, store: store, today: day, dryRun: dryRun, alsoErase: inbox)
+        // A long backlog is erased a batch at a time; say how far it got (on stderr).
+        let result = try await AuditRetention.run(log: log, store: store, today: day, dryRun: dryRun, alsoErase: inbox) { done, total in
+            if total > AuditRetention.defaultBatchSize {
+                FileHandle.standardError.write(Data("retention: erased \(done) of \(total)\n".utf8))
+            }
+        }
         if dryRun {
             print("\(result.expired) entr\(result.expired == 1 ? "y has" : "ies have") expired before \(day); nothing erased (dry run)")
         } else if let sequence = result.logSequence {

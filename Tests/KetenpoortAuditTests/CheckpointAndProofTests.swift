@@ -2,6 +2,7 @@ import Foundation
 import KetenpoortCore
 import KetenpoortCrypto
 import KetenpoortStore
+import Synchronization
 import Testing
 
 @testable import KetenpoortAudit
@@ -262,5 +263,45 @@ struct CheckpointAndProofTests {
         let tampered = try AuditVerifier.verify(path: path, keys: try keys.verifierKeys)
         #expect(!tampered.isValid)
         #expect(tampered.firstBadEntry == 6)
+    }
+
+    @Test("retention erases a long backlog a batch at a time, pausing between batches so another writer on the same database gets in")
+    func retentionInBatches() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer)
+        for i in 0..<25 {
+            var record = drillRecord(i)
+            record.retainUntil = "2027-01-01"
+            _ = try await log.append(record)
+        }
+        // Another process's log on the same file: the gateway, while `log retention` runs.
+        let other = try AuditLog(path: path, signer: try keys.signer)
+        let store = try SQLiteAuditStore(readingFrom: path)
+        let progress = Mutex<[Int]>([])
+        async let retention = AuditRetention.run(
+            log: log, store: store, today: "2027-06-01", batchSize: 10, pause: .milliseconds(300)
+        ) { done, total in
+            #expect(total == 25)
+            progress.withLock { $0.append(done) }
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        let between = try await other.append(drillRecord(99))
+        let result = try await retention
+        other.close()
+        log.close()
+        #expect(result.expired == 25)
+        #expect(progress.withLock { $0 } == [10, 20, 25])
+        // Three retention entries, and the other writer's entry between the first and the last.
+        var retentions: [Int64] = []
+        try store.entries(matching: AuditQuery()) { entry in
+            if entry.kind == AuditKind.retention.rawValue { retentions.append(entry.sequence) }
+            return true
+        }
+        #expect(retentions.count == 3)
+        #expect(retentions.first! < between && between < retentions.last!, "retention entries \(retentions), the other writer's \(between)")
+        let report = try AuditVerifier.verify(path: path, keys: try keys.verifierKeys)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.erasedEntries == 25)
     }
 }
