@@ -54,6 +54,23 @@ def load(binary, port, pki, partner, smoke, pid, extra):
     return json.loads(out.stdout)
 
 
+def durable_floor(work, smoke):
+    """The C floor of an exchange's durable work (bench/durable_floor.c) on the gateway's core,
+    at 8 and 16 exchanges per commit: 16 closed-loop connections allow no larger group commit."""
+    compiler = shutil.which("cc") or shutil.which("clang")
+    if compiler is None:
+        raise SystemExit("durable floor: no C compiler (cc or clang) on PATH")
+    program = os.path.join(work, "durable_floor")
+    subprocess.run([compiler, "-O2", "-o", program, os.path.join(ROOT, "bench", "durable_floor.c"), "-lsqlite3", "-lcrypto"], check=True)
+    results = []
+    for batch in (8, 16):
+        out = subprocess.run(common.pinned(0, [program, work, "2000" if smoke else "40000", str(batch)], smoke), capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"durable floor failed: {out.stderr.strip()}")
+        results.append(json.loads(out.stdout))
+    return results
+
+
 def main():
     args = common.exchange_bench_arguments(default_seconds=10)
     binary = os.path.abspath(args.bin)
@@ -113,12 +130,18 @@ def main():
         refused = load(binary, gport, pki, "jgz-zhz", args.smoke, gateway.pid,
                        ["/v1/exchanges", "--method", "POST", "--body", body_path, "--header", "content-type: text/plain",
                         "--connections", "16", "--duration", str(seconds), "--expect-status", "415"])
+        # nginx's own cost of this request: the same 2 KB POST over its TLS and HTTP, the body
+        # read and discarded, its fixed answer sent (the least any server on this libssl pays).
+        nginx_post = load(binary, nport, pki, "jgz-zhz", args.smoke, nworker,
+                          ["/v1/exchanges", "--method", "POST", "--body", body_path, "--header", "content-type: application/json",
+                           "--connections", "16", "--duration", str(seconds)])
     finally:
         gateway.send_signal(signal.SIGTERM)
         nginx.send_signal(signal.SIGQUIT)
         gateway.wait(timeout=60)
         nginx.wait(timeout=30)
     verify = subprocess.run([binary, "log", "verify", "--db", os.path.join(work, "bench.db")], capture_output=True, text=True)
+    floors = durable_floor(work, args.smoke)
     steal_after = common.cpu_steal()
     steal = 100.0 * (steal_after[0] - steal_before[0]) / max(1, steal_after[1] - steal_before[1])
     print(f"CPU stolen by the hypervisor during the run: {steal:.1f}%")
@@ -134,11 +157,18 @@ def main():
     print(f"at half that load ({half:.0f}/s): p50 {paced['latency_p50_ms']:.3f} ms, p99 {paced['latency_p99_ms']:.3f} ms, p99.9 {paced.get('latency_p999_ms', 0):.3f} ms   (goal p99 <= 10 ms)")
     print(f"nginx at the same rate:        p50 {paced_nginx['latency_p50_ms']:.3f} ms, p99 {paced_nginx['latency_p99_ms']:.3f} ms, p99.9 {paced_nginx.get('latency_p999_ms', 0):.3f} ms   (the machine's floor)")
     print(f"the same request refused unread (415):  {refused['requests_per_second']:10.1f}/s   CPU {refused.get('server_cpu_us_per_request', 0):7.1f} µs/req   (TLS and HTTP alone)")
+    budget = 1e6 / max(theirs / 2, 1e-9)
+    print(f"nginx, the same 2 KB POST answered unread: {nginx_post['requests_per_second']:10.1f}/s   CPU {nginx_post.get('server_cpu_us_per_request', 0):7.1f} µs/req")
+    for floor in floors:
+        print(f"durable floor in C (bench/durable_floor.c), {floor['batch']:2} exchanges per commit: CPU {floor['cpu_us_per_exchange']:7.1f} µs/exchange (kernel {floor['kernel_us_per_exchange']:.1f})")
+    best = min(f["cpu_us_per_exchange"] for f in floors)
+    print(f"the goal's budget on one core: {budget:.1f} µs/exchange; nginx's TLS and HTTP for this request plus the best durable floor: "
+          f"{nginx_post.get('server_cpu_us_per_request', 0) + best:.1f} µs, before any parsing, policy or pseudonymisation")
     print(f"log: {verify.stdout.strip().splitlines()[0] if verify.stdout else verify.stderr.strip()}")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "exchanges-smoke.json" if args.smoke else "exchanges.json")
     with open(out, "w") as f:
-        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced, "half_load_nginx": paced_nginx, "half_load_runs": paced_runs, "half_load_nginx_runs": paced_nginx_runs, "refused_unread": refused,
+        json.dump({"ketenpoort": results["ketenpoort"], "nginx": results["nginx"], "ratio": ours / max(theirs, 1e-9), "half_load": paced, "half_load_nginx": paced_nginx, "half_load_runs": paced_runs, "half_load_nginx_runs": paced_nginx_runs, "refused_unread": refused, "nginx_same_post": nginx_post, "durable_floor": floors, "budget_us_per_exchange": budget,
                    "body_bytes": size, "cpu_steal_percent": round(steal, 1), "machine": common.machine()}, f, indent=2)
     print(f"written {out}")
     if verify.returncode != 0:
