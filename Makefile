@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 SWIFT ?= swift
 BUILD_DEPS := libssl-dev libsqlite3-dev libpq-dev pkg-config openssl
-TEST_DEPS := $(BUILD_DEPS) curl nginx-light gnutls-bin procps python3 chromium postgresql systemd
+TEST_DEPS := $(BUILD_DEPS) gcc curl nginx-light gnutls-bin procps python3 chromium postgresql systemd
 BIN_DEBUG := .build/debug/ketenpoort
 BIN_RELEASE := .build/release/ketenpoort
 
