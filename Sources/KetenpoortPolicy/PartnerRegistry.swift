@@ -105,6 +105,9 @@ public struct PartnerRegistry: Sendable {
             var partners: [RawPartner]
             var officers: [RawOfficer]?
         }
+        // A misspelt key would otherwise be dropped without a word: a `certificate_fingerprint:`
+        // would leave the partner unpinned while `policy check` passes.
+        try checkKeys(text, file: file)
         let raw: RawRegistry
         do {
             raw = try YAMLDecoder().decode(RawRegistry.self, from: text)
@@ -152,6 +155,32 @@ public struct PartnerRegistry: Sendable {
             }
         }
         return PartnerRegistry(region: raw.region ?? "", partners: partners, officers: officers)
+    }
+
+    static let registryKeys: Set<String> = ["version", "region", "partners", "officers"]
+    static let partnerKeys: Set<String> = ["id", "name", "kind", "oin", "certificate_fingerprints", "delivery_endpoint"]
+    static let officerKeys: Set<String> = ["id", "name", "role", "serial_number", "certificate_fingerprints"]
+
+    /// Refuses a key the registry does not know, as `file:line:col: unknown key …`.
+    static func checkKeys(_ text: String, file: String) throws {
+        guard let root = try? Yams.compose(yaml: text), let top = root.mapping else { return }  // the decoder says what is wrong
+        func check(_ mapping: Node.Mapping, _ allowed: Set<String>, _ what: String) throws {
+            for (key, _) in mapping {
+                let name = key.string ?? ""
+                guard allowed.contains(name) else {
+                    throw KetenpoortError(
+                        .configuration,
+                        "\(file):\(key.mark?.line ?? 1):\(key.mark?.column ?? 1): unknown key `\(name.prefix(64))` in \(what); expected one of \(allowed.sorted().joined(separator: ", "))")
+                }
+            }
+        }
+        try check(top, registryKeys, "the partner registry")
+        for (list, allowed, what) in [("partners", partnerKeys, "partner"), ("officers", officerKeys, "officer")] {
+            for item in top[list]?.sequence ?? [] {
+                guard let entry = item.mapping else { continue }
+                try check(entry, allowed, entry["id"]?.string.map { "\(what) `\($0.prefix(64))`" } ?? "a \(what)")
+            }
+        }
     }
 }
 

@@ -151,4 +151,19 @@ struct PartnerRegistryTests {
         #expect(fine.partner(oin: "00000009900000000001")?.id == "a")
         #expect(fine.officer(serialNumber: "00000009900000009001")?.id == "o")
     }
+
+    @Test("a misspelt key in partners.yaml is refused with its line, not dropped (an unpinned partner would pass)")
+    func unknownKeys() throws {
+        let misspelt = "partners:\n  - id: a\n    name: A\n    kind: local_team\n    oin: \"00000009900000000001\"\n    certificate_fingerprint: [\"aa\"]\n"
+        let error = try #require(throws: KetenpoortError.self) { try PartnerRegistry.parse(yaml: misspelt) }
+        #expect(error.message.hasPrefix("partners.yaml:6:5: unknown key `certificate_fingerprint` in partner `a`"), "\(error.message)")
+        let result = PolicyLoader.load(files: [("partners.yaml", misspelt)])
+        #expect(result.policySet == nil)
+        #expect(result.diagnostics.first.map { "\($0.line):\($0.column)" } == "6:5")
+        #expect(throws: KetenpoortError.self) { try PartnerRegistry.parse(yaml: "region: x\nregoin: y\npartners: []\n") }
+        #expect(throws: KetenpoortError.self) {
+            try PartnerRegistry.parse(yaml: "partners: []\nofficers:\n  - { id: o, name: O, role: privacy_officer, serial: \"00000009900000009001\" }\n")
+        }
+        #expect(try PartnerRegistry.parse(yaml: misspelt.replacingOccurrences(of: "fingerprint:", with: "fingerprints:")).partner(id: "a")?.certificateFingerprints == ["aa"])
+    }
 }
