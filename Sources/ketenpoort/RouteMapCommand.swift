@@ -13,11 +13,16 @@ struct RouteMapCommand: ParsableCommand {
     @Option(help: "The gateway's database (the audit log); without it, only the declared routes.") var db: String?
     @Option(help: "The output file.") var out: String
     @Option(help: "html (default), dot or mermaid.") var format: String = "html"
-    @Option(help: "Observed flows from this time (RFC 3339 or YYYY-MM-DD).") var from: String?
-    @Option(help: "Observed flows before this time.") var until: String?
+    @Option(help: "Observed flows from this day or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, UTC).") var from: String?
+    @Option(help: "Observed flows before this day or time (the same forms).") var until: String?
 
     func validate() throws {
         guard ["html", "dot", "mermaid"].contains(format) else { throw ValidationError("--format must be html, dot or mermaid") }
+        // The log's times are UTC text: anything else would be compared as text and silently
+        // select the wrong period (`--from banana` selected nothing; a +01:00 offset shifted it).
+        for (name, value) in [("--from", from), ("--until", until)] {
+            if let value, !AuditClock.isQueryBound(value) { throw ValidationError("\(name) must be a day (YYYY-MM-DD) or a UTC time (YYYY-MM-DDTHH:MM:SSZ)") }
+        }
     }
 
     func run() throws {

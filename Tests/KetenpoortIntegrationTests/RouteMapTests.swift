@@ -84,5 +84,15 @@ struct RouteMapTests {
             #expect(text.contains(format == "dot" ? "digraph" : "flowchart"))
             #expect(text.contains("✓3 ✗1"))
         }
+        // The period is checked, not compared as text: a word, or a time with an offset, would
+        // silently select the wrong flows.
+        for bad in ["banana", "2026-12-01T06:00:00+01:00", "2026-02-30"] {
+            let r = try ketenpoort(["routemap", "--policies", packageRoot + "/Policies", "--db", gateway.directory + "/ketenpoort.db", "--out", out, "--from", bad])
+            #expect(r.status == 2, "\(bad): \(r.stderr)")
+            #expect(r.stderr.contains("--from must be a day (YYYY-MM-DD) or a UTC time"), "\(r.stderr)")
+        }
+        let future = try ketenpoort(["routemap", "--policies", packageRoot + "/Policies", "--db", gateway.directory + "/ketenpoort.db", "--out", out, "--from", "2999-01-01"])
+        #expect(future.status == 0)
+        #expect(future.stdout.contains("(4 case tables, 0 logged exchanges)"), "\(future.stdout)")
     }
 }
