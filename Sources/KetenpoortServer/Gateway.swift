@@ -98,17 +98,9 @@ public enum Gateway {
                 metrics.inboxBacklog(partner: partner, items: 0, oldestSeconds: 0)
             }
         }
-        if let certificate = configuration.clientCertificatePath, let key = configuration.clientPrivateKeyPath {
-            // Push delivery to partners with a `delivery_endpoint`, with the gateway's client certificate;
-            // the partners' servers are trusted through the same CA bundle as their clients.
-            let context: TLSContext
-            do {
-                context = try TLSContext(configuration: .client(certificateChainPath: certificate, privateKeyPath: key, trustRootsPath: configuration.clientCAPath))
-                metrics.certificateExpires("client", at: context.certificate?.notAfter)
-            } catch {
-                audit.close()
-                throw error
-            }
+        if let context = server.clientTLS {
+            // Push delivery to partners with a `delivery_endpoint`, with the gateway's client
+            // certificate (`client_tls`; the server built it and swaps it on SIGHUP).
             let push = PushDelivery(
                 repository: repository, service: application.exchanges, state: state, context: context, logger: logger, group: server.group)
             background.append { await push.run() }

@@ -273,6 +273,13 @@ public struct GatewayConfiguration: Sendable {
             requireClientCertificate: true, sessionResumption: sessionResumption)
     }
 
+    /// The TLS configuration of push delivery (`client_tls`), when one is configured: the
+    /// gateway's client certificate, and the partners' servers trusted through the same CA bundle.
+    public var clientTLS: TLSConfiguration? {
+        guard let clientCertificatePath, let clientPrivateKeyPath else { return nil }
+        return .client(certificateChainPath: clientCertificatePath, privateKeyPath: clientPrivateKeyPath, trustRootsPath: clientCAPath)
+    }
+
     /// Where the database is: the SQLite file or the PostgreSQL database of `database:`.
     public var databaseLocation: DatabaseLocation { DatabaseLocation(databasePath, passwordFile: databasePasswordFile) }
 
@@ -284,6 +291,7 @@ public struct GatewayConfiguration: Sendable {
         }
         // Building the context checks every file: existence, permissions, PEM, key matching certificate.
         _ = try TLSContext(configuration: serverTLS)
+        if let clientTLS { _ = try TLSContext(configuration: clientTLS) }
     }
 }
 

@@ -50,6 +50,8 @@ public final class GatewayServer: Sendable {
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let tls: TLSContextBox
+    /// The push client's context (`client_tls`), reloaded with the server's on SIGHUP.
+    let clientTLS: TLSContextBox?
     let responder: GatewayResponder
     /// Serves the officer listener when one is configured.
     let officerResponder: GatewayResponder?
@@ -79,6 +81,13 @@ public final class GatewayServer: Sendable {
         let context = try TLSContext(configuration: configuration.serverTLS)
         self.tls = TLSContextBox(context)
         metrics.certificateExpires("server", at: context.certificate?.notAfter)
+        if let client = configuration.clientTLS {
+            let clientContext = try TLSContext(configuration: client)
+            self.clientTLS = TLSContextBox(clientContext)
+            metrics.certificateExpires("client", at: clientContext.certificate?.notAfter)
+        } else {
+            self.clientTLS = nil
+        }
         if configuration.crlPath == nil {
             logger.warning("no CRL configured (`tls.crl`): a revoked partner certificate is not refused until it expires")
         }
@@ -194,19 +203,32 @@ public final class GatewayServer: Sendable {
             }
     }
 
-    /// Rebuilds the TLS context from the configured files and swaps it in; a bad new file keeps
-    /// the old context. Then reloads the snapshot (partners, policies) the same way.
+    /// Rebuilds the TLS contexts from the configured files and swaps them in: the listener's and,
+    /// with `client_tls`, push delivery's. A bad new file keeps that side's old context and counts
+    /// the reload as failed. Then reloads the snapshot (partners, policies) the same way.
     public func reload() async {
+        var failed = false
         do {
             let context = try TLSContext(configuration: configuration.serverTLS)
             tls.replace(with: context)
-            metrics.tlsReloadsSucceeded.increment()
             metrics.certificateExpires("server", at: context.certificate?.notAfter)
             logger.notice("tls context reloaded", metadata: ["tls.certificate.sha256": "\(context.certificate?.fingerprintSHA256 ?? "")"])
         } catch {
-            metrics.tlsReloadsFailed.increment()
+            failed = true
             logger.error("tls reload failed; keeping the previous context", metadata: ["error": "\(error)"])
         }
+        if let clientTLS, let client = configuration.clientTLS {
+            do {
+                let context = try TLSContext(configuration: client)
+                clientTLS.replace(with: context)
+                metrics.certificateExpires("client", at: context.certificate?.notAfter)
+                logger.notice("push client tls context reloaded", metadata: ["tls.certificate.sha256": "\(context.certificate?.fingerprintSHA256 ?? "")"])
+            } catch {
+                failed = true
+                logger.error("push client tls reload failed; keeping the previous context", metadata: ["error": "\(error)"])
+            }
+        }
+        if failed { metrics.tlsReloadsFailed.increment() } else { metrics.tlsReloadsSucceeded.increment() }
         await reloadPolicies()
     }
 

@@ -15,12 +15,13 @@ final class PushDelivery: Sendable {
     let repository: ExchangeRepository
     let service: ExchangeService
     let state: GatewayState
-    let context: TLSContext
+    /// The client context, read per push: a SIGHUP swaps in a renewed certificate.
+    let context: TLSContextBox
     let logger: Logger
     let group: EventLoopGroup
     let interval: Duration
 
-    init(repository: ExchangeRepository, service: ExchangeService, state: GatewayState, context: TLSContext, logger: Logger, group: EventLoopGroup, interval: Duration = .milliseconds(500)) {
+    init(repository: ExchangeRepository, service: ExchangeService, state: GatewayState, context: TLSContextBox, logger: Logger, group: EventLoopGroup, interval: Duration = .milliseconds(500)) {
         self.repository = repository
         self.service = service
         self.state = state
@@ -111,7 +112,7 @@ final class PushDelivery: Sendable {
                 members.append(("deliveredAt", .string(row.deliveredAt)))
                 payload = .object(members)
             }
-            let client = HTTPSClient(context: context, host: host == "localhost" ? "127.0.0.1" : host, port: url.port ?? 443, serverName: host, group: group)
+            let client = HTTPSClient(context: context.context, host: host == "localhost" ? "127.0.0.1" : host, port: url.port ?? 443, serverName: host, group: group)
             let path = url.path.isEmpty ? "/" : url.path
             let response = try await client.request(.POST, path, json: payload.serialized(), timeout: .seconds(Int64(PushDelivery.pushTimeout)))
             return (200...299).contains(response.status) ? .success : .failure("the endpoint answered \(response.status)")

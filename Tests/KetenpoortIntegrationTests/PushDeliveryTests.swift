@@ -136,4 +136,64 @@ struct PushDeliveryTests {
         try await Task.sleep(for: .milliseconds(1500))
         #expect(((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").count == 1)
     }
+
+    @Test("SIGHUP swaps in a renewed push client certificate: the next push carries it")
+    func clientCertificateReloadedOnSIGHUP() async throws {
+        let port = try freePort()
+        let dir = temporaryDirectory("ketenpoort-push-client")
+        let received = dir + "/received.jsonl"
+        func install(oin: String, name: String) throws {
+            let issued = try PKIFixture.issue(subject: "/CN=ketenpoort-gateway/serialNumber=\(oin)", extensions: "extendedKeyUsage=clientAuth\n", into: dir, name: name)
+            for (from, to) in [(issued.cert, dir + "/client.crt"), (issued.key, dir + "/client.key")] {
+                try? FileManager.default.removeItem(atPath: to)
+                try FileManager.default.copyItem(atPath: from, toPath: to)
+            }
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: dir + "/client.key")
+        }
+        try install(oin: "00000009900000000001", name: "first")
+        let receiver = try startReceiver(port: port, out: received)
+        defer {
+            kill(receiver.processIdentifier, SIGKILL)
+            receiver.waitUntilExit()
+        }
+        let clientTLS = "client_tls:\n  certificate: \(dir)/client.crt\n  key: \(dir)/client.key\n"
+        let gateway = try GatewayProcess(extraConfiguration: clientTLS, policies: try policies(endpoint: "https://localhost:\(port)/ketenpoort/inbox"))
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        func pushedOINs(count: Int) async throws -> [String?] {
+            var lines: [String] = []
+            for _ in 0..<100 where lines.count < count {
+                try await Task.sleep(for: .milliseconds(100))
+                lines = ((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            }
+            return try lines.map { try JSONParser.parse($0)["oin"]?.stringValue }
+        }
+        #expect(try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport).status == 201)
+        #expect(try await pushedOINs(count: 1) == ["00000009900000000001"])
+
+        // A renewed certificate (here with another serialNumber, so the receiver can tell them apart).
+        try install(oin: "00000009900000000077", name: "renewed")
+        gateway.signal(SIGHUP)
+        var reloaded = false
+        for _ in 0..<50 where !reloaded {
+            try await Task.sleep(for: .milliseconds(100))
+            reloaded = try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains("ketenpoort_tls_reloads_total{result=\"ok\"} 1")
+        }
+        #expect(reloaded)
+        #expect(try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport).status == 201)
+        #expect(try await pushedOINs(count: 2) == ["00000009900000000001", "00000009900000000077"])
+
+        // A broken renewal keeps the working certificate and counts a failed reload.
+        try "not a certificate".write(toFile: dir + "/client.crt", atomically: true, encoding: .utf8)
+        gateway.signal(SIGHUP)
+        var failed = false
+        for _ in 0..<50 where !failed {
+            try await Task.sleep(for: .milliseconds(100))
+            failed = try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains("ketenpoort_tls_reloads_total{result=\"failed\"} 1")
+        }
+        #expect(failed)
+        #expect(try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport).status == 201)
+        #expect(try await pushedOINs(count: 3).last == "00000009900000000077")
+        await team.close()
+    }
 }
