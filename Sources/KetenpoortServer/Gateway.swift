@@ -78,16 +78,13 @@ public enum Gateway {
             throw error
         }
         var background: [@Sendable () async -> Void] = []
-        // The inbox backlog per partner, for alerts on items nobody collects: read when scraped,
-        // at most every 5 s (an indexed query over unacknowledged items only).
-        let lastBacklog = Mutex<Date>(.distantPast)
-        metrics.onScrape {
+        // The inbox backlog per partner, for alerts on items nobody collects. A scrape answers
+        // with the last reading at once and, at most once a second, starts a new reading off the
+        // event loops: a slow database must not stall the connections that share them.
+        let backlogReading = BacklogReading()
+        let readBacklog: @Sendable () -> Void = {
             let now = Date()
-            guard lastBacklog.withLock({ last in
-                guard now.timeIntervalSince(last) >= 5 else { return false }
-                last = now
-                return true
-            }), let rows = try? repository.backlog() else { return }
+            guard let rows = try? repository.backlog() else { return }
             var seen = Set<String>()
             for row in rows {
                 seen.insert(row.recipient)
@@ -96,6 +93,20 @@ public enum Gateway {
             }
             for partner in state.snapshot.registry.partners.map(\.id) where !seen.contains(partner) {
                 metrics.inboxBacklog(partner: partner, items: 0, oldestSeconds: 0)
+            }
+        }
+        readBacklog()
+        metrics.onScrape {
+            let now = Date()
+            let start = backlogReading.state.withLock { reading in
+                guard !reading.running, now.timeIntervalSince(reading.last) >= 1 else { return false }
+                reading = (now, true)
+                return true
+            }
+            guard start else { return }
+            Task.detached {
+                readBacklog()
+                backlogReading.state.withLock { $0.running = false }
             }
         }
         if let context = server.clientTLS {
@@ -119,4 +130,9 @@ public enum Gateway {
                 services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
+}
+
+/// When the inbox backlog was last read, and whether a reading is under way.
+private final class BacklogReading: Sendable {
+    let state = Mutex<(last: Date, running: Bool)>((.distantPast, false))
 }
