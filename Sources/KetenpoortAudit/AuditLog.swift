@@ -25,6 +25,9 @@ public struct AuditRecord: Sendable {
     /// Rows written in the same transaction as the entry (a delivery record, a consent): both
     /// are durable together or neither is.
     public var sideWrites: [SideWrite] = []
+    /// The statement that must change a row for the entry to be written at all (a review only
+    /// while the exchange is still pending); `nil`: the entry is always written.
+    public var precondition: Precondition?
 
     public init(kind: String, members: [(String, JSONValue)], subjects: [String] = [], texts: [(name: String, sealed: [UInt8])] = [], retainUntil: String? = nil, erases: [Int64] = []) {
         self.kind = kind
@@ -58,13 +61,40 @@ public enum SQLValue: Sendable {
 
 /// One statement run in the same transaction as an entry. The SQL is fixed by the caller's code,
 /// never built from input; values are bound. It must not fail on a conflict (use `OR IGNORE`
-/// or a guarded `UPDATE`): a failing side write fails the whole group commit.
+/// or a guarded `UPDATE`): a failing side write fails the whole group commit. A guarded `UPDATE`
+/// that matches no row is not an error, and the entry is written all the same: when the entry
+/// claims the change (a review, a date recorded), make the statement its ``Precondition``.
 public struct SideWrite: Sendable {
     public let sql: String
     public let values: [SQLValue]
     public init(_ sql: String, _ values: [SQLValue]) {
         self.sql = sql
         self.values = values
+    }
+}
+
+/// The statement an entry stands on: an `UPDATE` (or `INSERT OR IGNORE`) that must change at
+/// least one row for the entry to be written. It makes the caller's check ("still pending", "not
+/// yet informed", "this claim is still ours") part of the commit, so of two requests that both
+/// passed the check only the one whose statement changes the row is logged.
+///
+/// It runs in the group commit's transaction, in batch order, before any entry of the batch is
+/// numbered (and so before every side write of the batch: it cannot stand on a row another
+/// record of the same batch writes). When it changes no row, the record is left out of the batch
+/// — not numbered, not hashed, none of its side writes run — and only its append fails, with
+/// `failure`; the rest of the batch is written as usual. A statement that changed nothing leaves
+/// nothing to undo. Its values are plain parameters: the entry's sequence number is not known
+/// when it runs (bind `.sequence` in a side write).
+public struct Precondition: Sendable {
+    public let sql: String
+    public let values: [SQLParameter]
+    /// What the append fails with when the statement changes no row (a conflict the caller
+    /// answers: never personal data).
+    public let failure: KetenpoortError
+    public init(_ sql: String, _ values: [SQLParameter], otherwise failure: KetenpoortError) {
+        self.sql = sql
+        self.values = values
+        self.failure = failure
     }
 }
 
@@ -103,14 +133,17 @@ public struct CheckpointSchedule: Sendable {
 /// as they complete, so proofs need no full rebuild. Appends from many callers are
 /// group-committed: one writer thread takes everything waiting, writes it in one transaction,
 /// and answers each caller only after the commit (one fsync for many entries). If the log
-/// cannot be written, every waiting append fails (fail closed). Tree heads are signed every
-/// `schedule.entries` entries or `schedule.seconds` seconds.
+/// cannot be written, every waiting append fails (fail closed). A record whose ``Precondition``
+/// changes no row is left out of its batch and only its own append fails, with the
+/// precondition's `failure`. Tree heads are signed every `schedule.entries` entries or
+/// `schedule.seconds` seconds.
 public final class AuditLog: @unchecked Sendable {
     // The store is used by the writer thread only.
     private let store: AuditStore
     private let condition = NSCondition()
-    /// Called once with the entry's sequence number when it is durable, or the failure. Runs on
-    /// the writer thread: keep it short (complete a promise, resume a continuation).
+    /// Called once with the entry's sequence number when it is durable, or the failure
+    /// (`audit_unavailable`, or the record's `precondition.failure`). Runs on the writer thread:
+    /// keep it short (complete a promise, resume a continuation).
     public typealias Completion = @Sendable (Result<Int64, Error>) -> Void
     private var pending: [(AuditRecord, Completion)] = []
     private var stopped = false
@@ -180,6 +213,12 @@ public final class AuditLog: @unchecked Sendable {
     /// callers on an event loop: no task, no extra thread hop.
     public func append(_ record: AuditRecord, completion: @escaping Completion) {
         handToWriter(ifClosed: { completion(.failure($0)) }) { pending.append((record, completion)) }
+    }
+
+    /// For tests: hands several records over at once, so that the writer takes them in one group
+    /// commit (up to `maxBatch`).
+    func appendTogether(_ records: [(AuditRecord, Completion)]) {
+        handToWriter(ifClosed: { error in for (_, completion) in records { completion(.failure(error)) } }) { pending.append(contentsOf: records) }
     }
 
     /// Queues work for the writer thread, or fails it when the log is closed.
@@ -272,14 +311,20 @@ public final class AuditLog: @unchecked Sendable {
     /// Writes `batch` (and a checkpoint when due) in one commit; `false` when it failed.
     @discardableResult
     private func write(_ batch: [(AuditRecord, Completion)], forceCheckpoint: Bool, requests: [CheckedContinuation<StoredCheckpoint?, Error>]) -> Bool {
+        // Whether each record's precondition held (`true` without one), as the commit found it.
+        var held: [Bool] = []
         do {
-            let written = try store.append { start in
+            let written = try store.append(preconditions: batch.map(\.0.precondition)) { start, found in
+                guard found.count == batch.count else {
+                    throw KetenpoortError(.storage, "the store reported \(found.count) preconditions for \(batch.count) records")
+                }
+                held = found
                 // Read the clock inside the transaction, after the store's write lock: with
                 // several writers (instances on PostgreSQL, `log retention` beside the gateway)
                 // entry times then follow sequence order.
                 let now = Date()
                 let time = AuditClock.timestamp(now)
-                var result = AuditLog.batch(batch.map(\.0), after: start, time: time)
+                var result = AuditLog.batch(AuditLog.admitted(batch.map(\.0), held: found), after: start, time: time)
                 var tail = result.tail
                 if dueCheckpoint(tail, now: now, force: forceCheckpoint), let signer {
                     let checkpoint = try signer.sign(treeSize: tail.size, root: tail.root, time: time)
@@ -291,7 +336,15 @@ public final class AuditLog: @unchecked Sendable {
                 return result
             }
             observer?(true)
-            for (index, (_, completion)) in batch.enumerated() { completion(.success(written.entries[index].sequence)) }
+            // The entries are the admitted records, in order; a refused record gets its failure.
+            var entries = written.entries.makeIterator()
+            for (index, (record, completion)) in batch.enumerated() {
+                if index < held.count, held[index], let entry = entries.next() {
+                    completion(.success(entry.sequence))
+                } else {
+                    completion(.failure(record.precondition?.failure ?? KetenpoortError(.auditUnavailable, "the audit log did not write the entry")))
+                }
+            }
             if !requests.isEmpty {
                 let newest = written.checkpoint ?? (try? store.checkpoints().last)
                 for r in requests { r.resume(returning: newest) }
@@ -305,6 +358,11 @@ public final class AuditLog: @unchecked Sendable {
             for r in requests { r.resume(throwing: failure) }
             return false
         }
+    }
+
+    /// The records whose precondition held (`held` has one flag per record), in order.
+    static func admitted(_ records: [AuditRecord], held: [Bool]) -> [AuditRecord] {
+        zip(records, held).compactMap { $1 ? $0 : nil }
     }
 
     /// Numbers, hashes and chains `records` after `tail`: the rows one group commit writes.
@@ -329,6 +387,7 @@ public final class AuditLog: @unchecked Sendable {
     }
 
     /// Loads many records in large transactions without the writer thread (benchmarks, imports).
+    /// A record whose precondition changes no row is left out.
     public static func bulkLoad(_ records: [AuditRecord], into store: AuditStore, signer: CheckpointSigner?) throws {
         let time = AuditClock.timestamp()
         var start = 0
@@ -336,8 +395,8 @@ public final class AuditLog: @unchecked Sendable {
             let chunk = Array(records[start..<min(records.count, start + 20_000)])
             start += chunk.count
             let last = start == records.count
-            _ = try store.append { tail in
-                var result = batch(chunk, after: tail, time: time)
+            _ = try store.append(preconditions: chunk.map(\.precondition)) { tail, held in
+                var result = batch(admitted(chunk, held: held), after: tail, time: time)
                 if last, let signer {
                     result.checkpoint = try signer.sign(treeSize: result.tail.size, root: result.tail.root, time: time)
                     result.tail.checkpointSize = result.tail.size

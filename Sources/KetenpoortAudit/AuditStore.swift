@@ -145,9 +145,12 @@ public struct AuditQuery: Sendable {
 /// Where the audit log lives. SQLite is the embedded backend; PostgreSQL (several gateways)
 /// implements the same interface.
 public protocol AuditStore: AnyObject {
-    /// Runs one durable write transaction: reads the tail (reloading it when another writer
-    /// appended), lets `build` make the batch from it, writes the batch, commits.
-    func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch
+    /// Runs one durable write transaction: runs `preconditions` (one per record, `nil` for none)
+    /// in order, reads the tail (reloading it when another writer appended), lets `build` make
+    /// the batch from it and from which preconditions held — changed at least one row (`nil`
+    /// always holds) — writes the batch, commits. A precondition that failed to run fails the
+    /// transaction, like any other statement.
+    func append(preconditions: [Precondition?], _ build: (AuditTail, _ held: [Bool]) throws -> AuditBatch) throws -> AuditBatch
     func tail() throws -> AuditTail
     /// The root of the perfect subtree at `level` and `position` (level 0: a leaf hash).
     func node(level: Int, position: Int64) throws -> [UInt8]
@@ -169,6 +172,14 @@ public protocol AuditStore: AnyObject {
     func observedFlows(from: String?, until: String?) throws -> [ObservedFlow]
     /// Whether the database holds a table of this name (a gateway database also holds the inbox).
     func hasTable(_ name: String) -> Bool
+}
+
+extension AuditStore {
+    /// Runs one durable write transaction without preconditions (see
+    /// ``append(preconditions:_:)``).
+    public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+        try append(preconditions: []) { tail, _ in try build(tail) }
+    }
 }
 
 /// One observed flow: exchanges between two partners for a purpose, by decision and basis.
@@ -357,14 +368,18 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         return hash
     }
 
-    public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+    public func append(preconditions: [Precondition?], _ build: (AuditTail, _ held: [Bool]) throws -> AuditBatch) throws -> AuditBatch {
         if reopenBeforeNextWrite, let writable {
             database = try SQLiteDatabase(path: writable.path, synchronous: writable.synchronous)
             reopenBeforeNextWrite = false
         }
         do {
             let batch = try database.transaction { () throws -> AuditBatch in
-                let batch = try build(try tail())
+                // In order: a precondition sees what an earlier one of the batch changed.
+                let held = try preconditions.map { precondition in
+                    try precondition.map { try database.rowsChanged(by: $0.sql, $0.values) > 0 } ?? true
+                }
+                let batch = try build(try tail(), held)
                 if !batch.erase.isEmpty {
                     let erase = try database.prepare("UPDATE audit_entries SET body = NULL, erased_at = ? WHERE sequence = ? AND body IS NOT NULL")
                     let subjects = try database.prepare(SQLiteAuditStore.eraseSubjects)

@@ -121,13 +121,19 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
         return hash
     }
 
-    public func append(_ build: (AuditTail) throws -> AuditBatch) throws -> AuditBatch {
+    public func append(preconditions: [Precondition?], _ build: (AuditTail, _ held: [Bool]) throws -> AuditBatch) throws -> AuditBatch {
         guard !readOnly else { throw KetenpoortError(.storage, "this audit store was opened for reading") }
         do {
             let batch = try database.transaction { () throws -> AuditBatch in
                 // Serialises the group commits of every instance; released at COMMIT/ROLLBACK.
                 try database.rows("SELECT pg_advisory_xact_lock(?)", [.integer(PostgresAuditStore.writerLock)])
-                let batch = try build(try tail())
+                // The preconditions in order, in one pipeline: one round trip for the batch, and a
+                // precondition sees what an earlier one changed. A row another transaction is
+                // changing is waited for, then the condition is checked again (READ COMMITTED).
+                let guarded = preconditions.compactMap { $0 }
+                var changed = try database.pipeline(guarded.map { ($0.sql, $0.values) }).makeIterator()
+                let held = preconditions.map { precondition in precondition == nil || (changed.next() ?? 0) > 0 }
+                let batch = try build(try tail(), held)
                 // Everything the batch writes goes in one pipeline: a round trip or two while the
                 // lock is held, not one per row.
                 var statements: [(sql: String, parameters: [SQLParameter])] = []

@@ -37,6 +37,9 @@ public struct KetenpoortError: Error, Sendable, CustomStringConvertible, Hashabl
         public static let payloadTooLarge = Code("payload_too_large")
         public static let exchangeDenied = Code("exchange_denied")
         public static let idempotencyConflict = Code("idempotency_conflict")
+        /// Another request changed the same thing first (a second review of one exchange):
+        /// nothing was carried out or logged.
+        public static let conflict = Code("conflict")
         public static let auditUnavailable = Code("audit_unavailable")
         public static let methodNotAllowed = Code("method_not_allowed")
         public static let requestTimeout = Code("request_timeout")

@@ -212,7 +212,8 @@ struct Console {
         }
         let comment = form["comment"].flatMap { $0.isEmpty ? nil : $0 }
         var record = try audit.recorder.review(exchangeID: row.id, officer: officer.id, outcome: outcome, comment: comment)
-        record.sideWrites.append(SideWrite("UPDATE exchanges SET review_state = ? WHERE id = ? AND review_state = 'pending'", [.text(outcome), .text(row.id)]))
+        // A review racing this one (another officer, the API) is refused with 409, not logged.
+        record.precondition = ExchangeRepository.review(exchangeID: row.id, outcome: outcome)
         _ = try await audit.record(record)
         return redirect("/console/reviews", route: "/console/reviews/{id}")
     }
@@ -239,14 +240,14 @@ struct Console {
             throw KetenpoortError(.notFound, "no permitted exchange with this id whose subject must be informed")
         }
         // Recorded once: a second post (a double click, a second officer) would log a date the
-        // database does not keep.
+        // database does not keep. Refused here when seen; when racing, by the precondition (409).
         if let already = try exchanges.repository.informedAt(id: id) {
             throw KetenpoortError(.notFound, "the family was already recorded as informed of this exchange, on \(already)")
         }
         var record = AuditRecord(
             kind: AuditKind.subjectInformed.rawValue,
             members: [("exchangeId", .string(row.id)), ("officer", .string(officer.id)), ("informedOn", .string(date)), ("informSubjectBy", row.informSubjectBy.map { .string($0) } ?? .null)])
-        record.sideWrites.append(SideWrite("UPDATE exchanges SET informed_at = ? WHERE id = ? AND informed_at IS NULL", [.text(date), .text(row.id)]))
+        record.precondition = ExchangeRepository.informed(exchangeID: row.id, on: date)
         _ = try await audit.record(record)
         return redirect("/console/uninformed", route: "/console/uninformed/{id}")
     }

@@ -210,11 +210,39 @@ final class ExchangeRepository: @unchecked Sendable {
         }
     }
 
-    /// The side write that completes a claim with the answer, in the entry's transaction.
-    static func idempotentAnswerRow(sender: String, key: String, claimedAt: String, status: Int, answer: String) -> SideWrite {
-        SideWrite(
-            "UPDATE idempotency SET status = ?, answer = ?, log_sequence = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at = ?",
-            [.integer(Int64(status)), .text(answer), .sequence, .text(sender), .text(key), .text(claimedAt)])
+    /// Completes a claim with the answer, in the entry's transaction: the entry's precondition.
+    /// A claim taken over meanwhile (this request outlived `idempotencyClaimTimeout` and a retry
+    /// claimed the key anew) is no longer this request's: then neither its entry nor its delivery
+    /// is written, so a key is carried out once, by the request that holds its claim when it
+    /// commits.
+    static func idempotentAnswer(sender: String, key: String, claimedAt: String, status: Int, answer: String) -> Precondition {
+        Precondition(
+            "UPDATE idempotency SET status = ?, answer = ? WHERE sender = ? AND key = ? AND status = 0 AND claimed_at = ?",
+            [.integer(Int64(status)), .text(answer), .text(sender), .text(key), .text(claimedAt)],
+            otherwise: KetenpoortError(
+                .idempotencyConflict, "a retry with this Idempotency-Key took it over while this request was in progress; nothing was carried out by this request, retry it for the answer"))
+    }
+
+    /// The side write that binds the completed claim's answer to its log position.
+    static func idempotentAnswerSequence(sender: String, key: String, claimedAt: String) -> SideWrite {
+        SideWrite("UPDATE idempotency SET log_sequence = ? WHERE sender = ? AND key = ? AND claimed_at = ?", [.sequence, .text(sender), .text(key), .text(claimedAt)])
+    }
+
+    /// Records a review, in the entry's transaction: the entry's precondition, so that of two
+    /// reviews of one exchange (two officers, a double post) only the one that changed it is
+    /// logged.
+    static func review(exchangeID: String, outcome: String) -> Precondition {
+        Precondition(
+            "UPDATE exchanges SET review_state = ? WHERE id = ? AND review_state = 'pending'", [.text(outcome), .text(exchangeID)],
+            otherwise: KetenpoortError(.conflict, "exchange `\(exchangeID.prefix(64))` was reviewed meanwhile; this review was not recorded"))
+    }
+
+    /// Records the day the family was informed, in the entry's transaction: the entry's
+    /// precondition, so only the first date recorded is logged.
+    static func informed(exchangeID: String, on date: String) -> Precondition {
+        Precondition(
+            "UPDATE exchanges SET informed_at = ? WHERE id = ? AND informed_at IS NULL", [.text(date), .text(exchangeID)],
+            otherwise: KetenpoortError(.conflict, "the family was recorded as informed of exchange `\(exchangeID.prefix(64))` meanwhile; this date was not recorded"))
     }
 
     // MARK: consents and facts

@@ -445,12 +445,12 @@ final class ExchangeService: Sendable {
                 id: exchangeID, sender: caller.id, recipient: recipient, caseTable: caseTable, purpose: purpose, decision: decision.effect.rawValue,
                 answer: answerWithoutSequence, review: decision.isPermit && obligations.review ? "pending" : "none", ground: decisionRequest.basis.ground,
                 informSubjectBy: obligations.informSubjectBy, createdAt: now))
-        // The claimed key gets the answer; the log position, known only once the entry is
-        // numbered, is bound as the entry's sequence.
+        // The claimed key gets the answer — only while the claim is still this request's; the
+        // log position, known only once the entry is numbered, is bound as the entry's sequence.
         if let idempotency {
-            record.sideWrites.append(
-                ExchangeRepository.idempotentAnswerRow(
-                    sender: caller.id, key: idempotency.key, claimedAt: idempotency.claimedAt, status: status, answer: answerWithoutSequence))
+            record.precondition = ExchangeRepository.idempotentAnswer(
+                sender: caller.id, key: idempotency.key, claimedAt: idempotency.claimedAt, status: status, answer: answerWithoutSequence)
+            record.sideWrites.append(ExchangeRepository.idempotentAnswerSequence(sender: caller.id, key: idempotency.key, claimedAt: idempotency.claimedAt))
         }
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: status == 201 ? "application/json" : "application/problem+json")
@@ -467,7 +467,8 @@ final class ExchangeService: Sendable {
                         status: status == 201 ? .created : .forbidden, headers: responseHeaders, body: ExchangeService.answer(answerWithoutSequence, logSequence: sequence),
                         route: "/v1/exchanges"))
             case .failure(let error):
-                // Nothing was logged or delivered: a retry with the same key may try again.
+                // Nothing was logged or delivered: a retry with the same key may try again. (The
+                // release matches this request's own claim only: one taken over meanwhile stays.)
                 let refusal = GatewayResponse.problem(for: error, route: "/v1/exchanges")
                 guard let idempotency else { return answer(refusal) }
                 // This runs on the log's writer thread: the database write that gives the key
@@ -610,16 +611,24 @@ final class ExchangeService: Sendable {
         guard let consent = try repository.consent(id: id), consent.registeredBy == caller.id else {
             throw KetenpoortError(.notFound, "no consent `\(id.prefix(64))` registered by you")
         }
-        if consent.status == "withdrawn" {
-            return .json(["consentId": .string(id), "status": "withdrawn"], route: "/v1/consents/{id}/withdraw")
-        }
+        let withdrawnBefore = GatewayResponse.json(["consentId": .string(id), "status": "withdrawn"], route: "/v1/consents/{id}/withdraw")
+        if consent.status == "withdrawn" { return withdrawnBefore }
         var record = AuditRecord(
             kind: AuditKind.consentWithdrawn.rawValue,
             members: [("consentId", .string(id)), ("sender", .string(caller.id)), ("caseTable", .string(consent.caseTable))], subjects: [consent.subject])
-        record.sideWrites.append(SideWrite("UPDATE consents SET status = 'withdrawn' WHERE id = ?", [.text(id)]))
+        // Logged only by the withdrawal that changes the consent: one racing this one (a retry,
+        // another instance) gets the answer of a repeated withdrawal.
+        record.precondition = Precondition(
+            "UPDATE consents SET status = 'withdrawn' WHERE id = ? AND status <> 'withdrawn'", [.text(id)],
+            otherwise: KetenpoortError(.conflict, "consent `\(id.prefix(64))` was withdrawn meanwhile"))
         record.sideWrites.append(
             SideWrite("INSERT INTO consent_history (consent_id, status, by_partner, log_sequence) VALUES (?, 'withdrawn', ?, ?)", [.text(id), .text(caller.id), .sequence]))
-        let sequence = try await audit.record(record)
+        let sequence: Int64
+        do {
+            sequence = try await audit.record(record)
+        } catch let error as KetenpoortError where error.code == .conflict {
+            return withdrawnBefore
+        }
         return .json(["consentId": .string(id), "status": "withdrawn", "logSequence": .number(Double(sequence))], route: "/v1/consents/{id}/withdraw")
     }
 
@@ -777,7 +786,8 @@ final class ExchangeService: Sendable {
             throw KetenpoortError(.notFound, "no exchange `\(id.prefix(64))` awaiting review")
         }
         var record = try audit.recorder.review(exchangeID: id, officer: caller.id, outcome: outcome, comment: comment)
-        record.sideWrites.append(SideWrite("UPDATE exchanges SET review_state = ? WHERE id = ? AND review_state = 'pending'", [.text(outcome), .text(id)]))
+        // A review racing this one passed the check above too: 409 for whichever commits second.
+        record.precondition = ExchangeRepository.review(exchangeID: id, outcome: outcome)
         let sequence = try await audit.record(record)
         return .json(["exchangeId": .string(id), "review": .string(outcome), "logSequence": .number(Double(sequence))], route: "/v1/reviews/{id}")
     }

@@ -64,14 +64,20 @@ public final class GatewayAudit: Sendable {
     }
 
     /// Appends `record` durably and calls `completion` on the log's writer thread with its
-    /// sequence number, or with `audit_unavailable` (the log is then marked unhealthy).
+    /// sequence number, or with `audit_unavailable` (the log is then marked unhealthy), or with
+    /// the record's `precondition.failure` when its precondition changed no row (nothing was
+    /// written; the log is fine).
     public func record(_ record: AuditRecord, completion: @escaping @Sendable (Result<Int64, KetenpoortError>) -> Void) {
         let kind = record.kind
+        let refusal = record.precondition?.failure
         log.append(record) { [metrics, logger] result in
             switch result {
             case .success(let sequence):
                 metrics.auditEntries.increment()
                 completion(.success(sequence))
+            case .failure(let error as KetenpoortError) where error.code == refusal?.code:
+                // Another request changed the row first: this one's answer, not a write failure.
+                completion(.failure(error))
             case .failure(let error):
                 metrics.auditWriteFailures.increment()
                 // The storage message names the failure (SQLite's text), never the entry.

@@ -175,6 +175,7 @@ public struct GatewayResponse: Sendable {
         case .payloadTooLarge: return (.payloadTooLarge, "Payload too large")
         case .exchangeDenied: return (.forbidden, "Exchange denied")
         case .idempotencyConflict: return (.conflict, "Idempotency conflict")
+        case .conflict: return (.conflict, "Conflict")
         case .auditUnavailable: return (.serviceUnavailable, "Audit log unavailable")
         case .methodNotAllowed: return (.methodNotAllowed, "Method not allowed")
         case .requestTimeout: return (.requestTimeout, "Request timeout")

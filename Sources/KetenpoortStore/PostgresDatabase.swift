@@ -132,6 +132,16 @@ public final class PostgresDatabase: SQLDatabase {
 
     @discardableResult
     public func rows(_ sql: String, _ parameters: [SQLParameter]) throws -> [SQLRow] {
+        try run(sql, parameters) { PostgresDatabase.read($0) }
+    }
+
+    @discardableResult
+    public func rowsChanged(by sql: String, _ parameters: [SQLParameter]) throws -> Int {
+        try run(sql, parameters) { PostgresDatabase.rowsChanged($0) }
+    }
+
+    /// Runs one prepared statement and reads its result with `read`.
+    private func run<T>(_ sql: String, _ parameters: [SQLParameter], _ read: (OpaquePointer) -> T) throws -> T {
         try ensureConnected()
         let statement = try prepare(sql)
         guard statement.count == parameters.count else {
@@ -142,14 +152,24 @@ public final class PostgresDatabase: SQLDatabase {
         let result = PQexecPrepared(connection, statement.name, Int32(parameters.count), bound.pointers, bound.lengths, bound.formats, 0)
         defer { PQclear(result) }
         try check(result)
-        return PostgresDatabase.read(result!)
+        return read(result!)
+    }
+
+    /// The rows a successful `INSERT`, `UPDATE` or `DELETE` changed (libpq's `PQcmdTuples`;
+    /// 0 for a command that reports none).
+    private static func rowsChanged(_ result: OpaquePointer) -> Int {
+        guard let text = PQcmdTuples(result) else { return 0 }
+        return Int(String(cString: text)) ?? 0
     }
 
     /// Runs statements that return no rows in as few round trips as possible (libpq's pipeline
-    /// mode: sent together, then their results read). Inside a transaction a failure aborts it;
-    /// the first failure is thrown.
-    public func pipeline(_ statements: [(sql: String, parameters: [SQLParameter])]) throws {
-        guard !statements.isEmpty else { return }
+    /// mode: sent together, then their results read); returns how many rows each changed, in
+    /// order. Inside a transaction a failure aborts it; the first failure is thrown.
+    @discardableResult
+    public func pipeline(_ statements: [(sql: String, parameters: [SQLParameter])]) throws -> [Int] {
+        guard !statements.isEmpty else { return [] }
+        var changed: [Int] = []
+        changed.reserveCapacity(statements.count)
         try ensureConnected()
         // Prepared (synchronously, once per connection) before the pipeline starts.
         let names = try statements.map { statement -> String in
@@ -180,12 +200,17 @@ public final class PostgresDatabase: SQLDatabase {
             }
             PQpipelineSync(connection)
             for _ in 0..<sent {
+                var count = 0
                 while let result = PQgetResult(connection) {
                     if firstError == nil, PQresultStatus(result) != PGRES_PIPELINE_ABORTED {
-                        do { try check(result) } catch { firstError = error }
+                        do {
+                            try check(result)
+                            count = PostgresDatabase.rowsChanged(result)
+                        } catch { firstError = error }
                     }
                     PQclear(result)
                 }
+                changed.append(count)
             }
             // The synchronisation point's own result, then idle.
             while let result = PQgetResult(connection) {
@@ -197,6 +222,7 @@ public final class PostgresDatabase: SQLDatabase {
             if let firstError { throw firstError }
             start = end
         }
+        return changed
     }
 
     public func transaction<T>(_ body: () throws -> T) throws -> T {

@@ -68,6 +68,10 @@ public protocol SQLDatabase: AnyObject {
     /// Runs one statement and returns its rows (a `SELECT`, or a write with `RETURNING`).
     @discardableResult
     func rows(_ sql: String, _ parameters: [SQLParameter]) throws -> [SQLRow]
+    /// Runs one `INSERT`, `UPDATE` or `DELETE` and returns how many rows it changed (a row that
+    /// `OR IGNORE` or a `WHERE` left alone is not counted).
+    @discardableResult
+    func rowsChanged(by sql: String, _ parameters: [SQLParameter]) throws -> Int
     /// Runs `body` in a write transaction: committed when it returns, rolled back when it throws.
     func transaction<T>(_ body: () throws -> T) throws -> T
 }
@@ -111,5 +115,11 @@ extension SQLiteDatabase: SQLDatabase {
         var result: [SQLRow] = []
         while try statement.step() { result.append(statement.row()) }
         return result
+    }
+
+    @discardableResult
+    public func rowsChanged(by sql: String, _ parameters: [SQLParameter]) throws -> Int {
+        try rows(sql, parameters)
+        return changes
     }
 }

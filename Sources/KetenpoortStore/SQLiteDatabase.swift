@@ -97,6 +97,9 @@ public final class SQLiteDatabase {
 
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
+    /// How many rows the last `INSERT`, `UPDATE` or `DELETE` on this connection changed.
+    public var changes: Int { Int(sqlite3_changes(handle)) }
+
     /// Writes a consistent copy of the database at `source` to `destination` while writers go on
     /// (`VACUUM INTO` reads one snapshot). The copy is created with mode 0600; an existing file is
     /// refused. Returns its size.

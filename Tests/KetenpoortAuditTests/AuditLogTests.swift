@@ -144,6 +144,69 @@ struct AuditLogTests {
         #expect(failed.withLock { $0?.code } == .auditUnavailable)
     }
 
+    /// A review of `ex-1` that stands on the row still being pending, with a side write of its own.
+    func review(_ outcome: String) -> AuditRecord {
+        var r = AuditRecord(kind: "review", members: [("exchangeId", "ex-1"), ("outcome", .string(outcome))])
+        r.precondition = Precondition(
+            "UPDATE reviews SET state = ? WHERE id = 'ex-1' AND state = 'pending'", [.text(outcome)], otherwise: KetenpoortError(.conflict, "reviewed meanwhile"))
+        r.sideWrites = [SideWrite("INSERT INTO side_rows (note, sequence) VALUES (?, ?)", [.text(outcome), .sequence])]
+        return r
+    }
+
+    @Test("preconditions: of two records in one batch that change one row, the first is written; the second alone fails with its conflict, unnumbered and without its side writes; the rest of the batch is written and the log verifies")
+    func preconditions() async throws {
+        let path = temporaryPath()
+        let db = try SQLiteDatabase(path: path)
+        try db.execute(
+            "CREATE TABLE reviews (id TEXT PRIMARY KEY, state TEXT NOT NULL); INSERT INTO reviews VALUES ('ex-1', 'pending'); CREATE TABLE side_rows (note TEXT NOT NULL, sequence INTEGER NOT NULL)")
+        let log = try AuditLog(path: path)
+        #expect(try await log.append(record(0)) == 1)
+        // Handed over at once: the writer takes them in one group commit.
+        let records = [record(1), review("upheld"), record(2), review("not-upheld"), record(3)]
+        let results = Mutex<[Int: Result<Int64, Error>]>([:])
+        let done = DispatchGroup()
+        var together: [(AuditRecord, AuditLog.Completion)] = []
+        for (i, r) in records.enumerated() {
+            done.enter()
+            together.append((r, { result in
+                results.withLock { map in
+                    #expect(map[i] == nil, "completion called twice")
+                    map[i] = result
+                }
+                done.leave()
+            }))
+        }
+        log.appendTogether(together)
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        let got = results.withLock { $0 }
+        func sequence(_ i: Int) -> Int64? { if case .success(let s) = got[i] { return s } else { return nil } }
+        #expect([0, 1, 2, 4].map(sequence) == [2, 3, 4, 5], "numbered consecutively, the refused record skipped")
+        guard case .failure(let error) = got[3] else {
+            Issue.record("the second review was written: \(String(describing: got[3]))")
+            return
+        }
+        #expect((error as? KetenpoortError)?.code == .conflict)
+        #expect((error as? KetenpoortError)?.message == "reviewed meanwhile")
+        // A refused record alone in its batch: nothing written, the next entry follows on.
+        await #expect(throws: KetenpoortError(.conflict, "")) { try await log.append(self.review("needs-follow-up")) }
+        #expect(try await log.append(record(4)) == 6)
+        log.close()
+
+        // The database keeps what the log says: the first review, its side write with its number.
+        #expect(try db.rows("SELECT state FROM reviews", []).map { $0.string(0) } == ["upheld"])
+        #expect(try db.rows("SELECT note, sequence FROM side_rows", []).map { "\($0.string(0) ?? "") \($0.int64(1))" } == ["upheld 3"])
+        let store = try SQLiteAuditStore(readingFrom: path)
+        var entries: [StoredEntry] = []
+        try store.entries(matching: AuditQuery()) { entries.append($0); return true }
+        #expect(entries.map(\.sequence) == Array(1...6))
+        #expect(entries.filter { $0.kind == "review" }.map(\.sequence) == [3])
+        #expect(entries.contains { $0.body?.contains("not-upheld") == true || $0.body?.contains("needs-follow-up") == true } == false)
+        #expect(Set(entries[1...4].map(\.time)).count == 1, "one group commit")
+        let report = try AuditVerifier.verify(path: path)
+        #expect(report.isValid, "\(report.problem ?? "")")
+        #expect(report.entries == 6)
+    }
+
     @Test(
         "retention dates: years added by hand, 29 February becomes 28 in a common year, malformed input unchanged",
         arguments: [

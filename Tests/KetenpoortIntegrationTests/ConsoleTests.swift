@@ -83,6 +83,46 @@ struct ConsoleTests {
         #expect(lookup["subjects"]?.arrayValue?.first?.stringValue?.hasPrefix("ps1.") == true)
         #expect(!lookups.stdout.contains("999990019"))
     }
+
+    @Test("racing console posts (officers at once): one review and one informing date are recorded and logged; every other post gets the 409 error page")
+    func racingPosts() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let report = try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: ExchangeTests.safetyReport)
+        #expect(report.status == 201, "\(report.body)")
+        let id = try #require(report.json?["exchangeId"]?.stringValue)
+        await team.close()
+        var officers: [TestHTTPSClient] = []
+        for _ in 0..<8 { officers.append(try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)) }
+        let database = gateway.directory + "/ketenpoort.db"
+        func post(_ path: String, _ bodies: [String]) async throws -> [TestResponse] {
+            try await ExchangeTests.racing(
+                zip(officers, bodies).map { client, body in
+                    { try await client.request(path, method: .POST, headers: [("content-type", "application/x-www-form-urlencoded")], body: body) }
+                }, database: database)
+        }
+        let outcomes = ["upheld", "not-upheld", "needs-follow-up"]
+        let reviews = try await post("/console/reviews/\(id)", (0..<8).map { "outcome=\(outcomes[$0 % 3])&comment=toetsing+\($0)" })
+        #expect(reviews.filter { $0.status == 303 }.count == 1, "\(reviews.map(\.status))")
+        #expect(reviews.filter { $0.status == 409 }.count == 7, "\(reviews.map(\.status))")
+        for r in reviews where r.status == 409 {
+            #expect(r.headers.first(name: "content-type")?.hasPrefix("text/html") == true && r.body.contains("reviewed meanwhile"), "\(r.body.suffix(300))")
+        }
+        let days = (1...8).map { "date=2026-01-0\($0)" }
+        let informed = try await post("/console/uninformed/\(id)", days)
+        #expect(informed.filter { $0.status == 303 }.count == 1, "\(informed.map(\.status))")
+        #expect(informed.filter { $0.status == 409 }.count == 7, "\(informed.map(\.status))")
+        #expect(informed.filter { $0.status == 409 }.allSatisfy { $0.body.contains("informed of exchange") && $0.body.contains("meanwhile") })
+        for client in officers { await client.close() }
+        #expect(gateway.stop() == 0)
+        // The log and the exchange agree: one review, one date.
+        let row = try #require(try SQLiteDatabase(path: database).rows("SELECT review_state, informed_at FROM exchanges WHERE id = ?", [.text(id)]).first)
+        let reviewed = try ketenpoort(["log", "export", "--db", database, "--kind", "review"]).stdout.split(separator: "\n").map { try JSONParser.parse(String($0)) }
+        #expect(reviewed.count == 1 && reviewed.first?["outcome"]?.stringValue == row.string(0))
+        let dates = try ketenpoort(["log", "export", "--db", database, "--kind", "subject-informed"]).stdout.split(separator: "\n").map { try JSONParser.parse(String($0)) }
+        #expect(dates.count == 1 && dates.first?["informedOn"]?.stringValue == row.string(1))
+    }
 }
 
 /// A real browser (headless Chromium from Debian's packages) renders the console and the route map.

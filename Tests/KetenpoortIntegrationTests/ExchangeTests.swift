@@ -302,6 +302,128 @@ struct ExchangeTests {
         #expect(!export.stdout.contains("grond klopt"), "the comment is sealed")
     }
 
+    /// A safety-exception report from the local team to Veilig Thuis: it enters the review queue.
+    static let safetyReport = """
+        {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+         "basis": {"type": "safety-exception", "ground": "wmo-5.2.6", "justification": "kind vertelt over geweld thuis", "professional": "wt-17",
+                   "meldcode": {"signalsMapped": true, "colleagueConsulted": true, "clientSpokenTo": true, "weighed": true, "decided": "report"}},
+         "subjects": [{"bsn": "\(child)", "role": "child", "age": 9}],
+         "data": {"identity": {"bsn": "\(child)"}, "concern_signal": {"summary": "blauwe plekken"}}}
+        """
+
+    /// Sends `requests` at once while the gateway's database is locked for writing (as another
+    /// writer would hold it), so that every one passes its checks before any group commit can
+    /// start; lets go of the lock after `seconds` (well within the gateway's 5 s busy timeout)
+    /// and returns every answer.
+    static func racing(_ requests: [@Sendable () async throws -> TestResponse], database: String, seconds: Double = 2.5) async throws -> [TestResponse] {
+        let lock = try SQLiteDatabase(path: database)
+        try lock.execute("BEGIN IMMEDIATE")
+        return try await withThrowingTaskGroup(of: TestResponse.self) { group in
+            for request in requests { group.addTask { try await request() } }
+            try await Task.sleep(for: .seconds(seconds))
+            try lock.execute("COMMIT")
+            var answers: [TestResponse] = []
+            for try await answer in group { answers.append(answer) }
+            return answers
+        }
+    }
+
+    @Test("racing reviews of one exchange (12 officers' posts at once, different outcomes): one is recorded and logged, every other gets 409 conflict; the exchange keeps the logged outcome")
+    func racingReviews() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let report = try await post(team, "/v1/exchanges", Self.safetyReport)
+        #expect(report.status == 201 && report.json?["review"]?.boolValue == true, "\(report.body)")
+        let id = try #require(report.json?["exchangeId"]?.stringValue)
+        await team.close()
+        var officers: [TestHTTPSClient] = []
+        for _ in 0..<12 { officers.append(try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)) }
+        let outcomes = ["upheld", "not-upheld", "needs-follow-up"]
+        let answers = try await Self.racing(
+            officers.enumerated().map { i, client in
+                { try await client.request("/v1/reviews/\(id)", method: .POST, headers: [("content-type", "application/json")], body: #"{"outcome": "\#(outcomes[i % 3])"}"#) }
+            }, database: gateway.directory + "/ketenpoort.db")
+        let recorded = answers.filter { $0.status == 200 }
+        let refused = answers.filter { $0.status == 409 }
+        #expect(recorded.count == 1 && refused.count == 11, "\(answers.map { "\($0.status) \($0.body)" })")
+        for r in refused {
+            #expect(r.headers.first(name: "content-type") == "application/problem+json")
+            #expect(r.json?["code"]?.stringValue == "conflict" && r.json?["detail"]?.stringValue?.contains("reviewed meanwhile") == true, "\(r.body)")
+        }
+        let outcome = try #require(recorded.first?.json?["review"]?.stringValue)
+        // Afterwards the exchange is no longer awaiting review: a late post is 404, as before.
+        #expect(try await post(officers[0], "/v1/reviews/\(id)", #"{"outcome": "upheld"}"#).status == 404)
+        for client in officers { await client.close() }
+        #expect(gateway.stop() == 0)
+        let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        #expect(try database.rows("SELECT review_state FROM exchanges WHERE id = ?", [.text(id)]).first?.string(0) == outcome)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "review"])
+        let reviews = export.stdout.split(separator: "\n").compactMap { try? JSONParser.parse(String($0)) }
+        #expect(reviews.count == 1, "one review in the log, not one per post: \(export.stdout)")
+        #expect(reviews.first?["exchangeId"]?.stringValue == id && reviews.first?["outcome"]?.stringValue == outcome)
+        #expect(reviews.first?["sequence"]?.intValue == recorded.first?.json?["logSequence"]?.intValue)
+        let verified = try ketenpoort(["log", "verify", "--db", gateway.directory + "/ketenpoort.db", "--keys", gateway.directory + "/keys"])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+    }
+
+    @Test("racing withdrawals of one consent: all answered 200 withdrawn, one logged (with its logSequence) and one history row")
+    func racingWithdrawals() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let setup = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let consent = try await post(setup, "/v1/consents", Self.consentBody(grantor: Self.mother))
+        let id = try #require(consent.json?["consentId"]?.stringValue, "\(consent.body)")
+        await setup.close()
+        var teams: [TestHTTPSClient] = []
+        for _ in 0..<8 { teams.append(try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)) }
+        let answers = try await Self.racing(
+            teams.map { client in { try await client.request("/v1/consents/\(id)/withdraw", method: .POST) } }, database: gateway.directory + "/ketenpoort.db")
+        #expect(answers.allSatisfy { $0.status == 200 && $0.json?["status"]?.stringValue == "withdrawn" }, "\(answers.map(\.body))")
+        let logged = answers.compactMap { $0.json?["logSequence"]?.intValue }
+        #expect(logged.count == 1, "\(answers.map(\.body))")
+        for client in teams { await client.close() }
+        #expect(gateway.stop() == 0)
+        let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        #expect(try database.rows("SELECT log_sequence FROM consent_history WHERE consent_id = ? AND status = 'withdrawn'", [.text(id)]).map { Int($0.int64(0)) } == logged)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "consent-withdrawn"])
+        #expect(export.stdout.split(separator: "\n").count == 1, "\(export.stdout)")
+    }
+
+    @Test("Idempotency-Key: a request whose claim was taken over while it was in progress carries out nothing (409); the retry that holds the key carries it out once")
+    func idempotencyClaimTakenOver() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        let body = Self.exchangeBody(consents: ids)
+        // As soon as the request claims its key, the claim is made to look as a retry's (taken over
+        // after the request outlived the claim timeout): older than the timeout, another time.
+        let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        try database.execute(
+            "CREATE TRIGGER take_over AFTER INSERT ON idempotency WHEN NEW.key = 'taken-over' BEGIN UPDATE idempotency SET claimed_at = '2020-01-01T00:00:00.000Z' WHERE sender = NEW.sender AND key = NEW.key; END"
+        )
+        let first = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "taken-over")])
+        #expect(first.status == 409 && first.json?["code"]?.stringValue == "idempotency_conflict", "\(first.body)")
+        #expect(first.json?["exchangeId"] == nil)
+        #expect(try database.rows("SELECT count(*) FROM exchanges", []).first?.int64(0) == 0, "nothing decided was written")
+        #expect(try database.rows("SELECT count(*) FROM inbox", []).first?.int64(0) == 0, "nothing delivered")
+        try database.execute("DROP TRIGGER take_over")
+        // The key is still claimed (by the retry that took it over, here long gone): the same body
+        // takes the stale claim and is carried out, once.
+        let retry = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "taken-over")])
+        #expect(retry.status == 201, "\(retry.body)")
+        let replay = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "taken-over")])
+        #expect(replay.json?["exchangeId"] == retry.json?["exchangeId"] && replay.headers.first(name: "idempotent-replayed") == "true")
+        await team.close()
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.count == 1, "one delivery, not two")
+        await vtClient.close()
+        #expect(gateway.stop() == 0)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db", "--kind", "exchange-permitted"])
+        #expect(export.stdout.split(separator: "\n").count == 1, "\(export.stdout)")
+    }
+
     @Test("every problem code of the exchange API, provoked")
     func problemCodes() async throws {
         let gateway = try GatewayProcess(extraConfiguration: "limits:\n  max_body_bytes: 4096\n")

@@ -99,6 +99,74 @@ struct PostgresBackendTests {
         try holder.execute("ROLLBACK")
     }
 
+    @Test("preconditions on PostgreSQL: 16 reviews of one row race through two writers; one is written with its side write, the others fail with their conflict and leave nothing; plain entries between them are all written and the log verifies")
+    func preconditionsOnPostgres() async throws {
+        let server = try PostgresServer()
+        defer { server.stop() }
+        let settings = PostgresSettings(url: try server.createDatabase("preconditions"), passwordFile: server.passwordFile)
+        let admin = try PostgresDatabase(settings: settings)
+        try admin.execute(
+            "CREATE TABLE reviews (id TEXT PRIMARY KEY, state TEXT NOT NULL); INSERT INTO reviews VALUES ('ex-1', 'pending'); CREATE TABLE side_rows (note TEXT NOT NULL, sequence BIGINT NOT NULL)")
+        let keys = try Self.keys()
+        let logs = [
+            try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer),
+            try AuditLog(store: try PostgresAuditStore(settings: settings), signer: try keys.signer),
+        ]
+        let written = IDList()
+        let refused = IDList()
+        let plain = IDList()
+        await withTaskGroup(of: Void.self) { group in
+            for i in 0..<16 {
+                group.addTask {
+                    let log = logs[i % 2]
+                    var review = AuditRecord(kind: "review", members: [("exchangeId", "ex-1"), ("outcome", .string("outcome-\(i)"))])
+                    review.precondition = Precondition(
+                        "UPDATE reviews SET state = ? WHERE id = 'ex-1' AND state = 'pending'", [.text("outcome-\(i)")],
+                        otherwise: KetenpoortError(.conflict, "reviewed meanwhile"))
+                    review.sideWrites = [SideWrite("INSERT INTO side_rows (note, sequence) VALUES (?, ?)", [.text("outcome-\(i)"), .sequence])]
+                    async let other = try? log.append(AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))]))
+                    do {
+                        written.append("outcome-\(i) \(try await log.append(review))")
+                    } catch let error as KetenpoortError where error.code == .conflict {
+                        refused.append("outcome-\(i)")
+                    } catch {
+                        Issue.record("\(error)")
+                    }
+                    if let sequence = await other { plain.append(String(sequence)) }
+                }
+            }
+        }
+        for log in logs { log.close() }
+        #expect(written.count == 1 && refused.count == 15 && plain.count == 16, "\(written.all) \(refused.all)")
+        let winner = try #require(written.all.first?.split(separator: " ").map(String.init))
+        #expect(try admin.rows("SELECT state FROM reviews", []).map { $0.string(0) } == [winner[0]])
+        #expect(try admin.rows("SELECT note, sequence FROM side_rows", []).map { "\($0.string(0) ?? "") \($0.int64(1))" } == [winner.joined(separator: " ")])
+        let store = try PostgresAuditStore(settings: settings, readOnly: true)
+        var reviews: [Int64] = []
+        var count = 0
+        try store.entries(matching: AuditQuery()) { entry in
+            count += 1
+            if entry.kind == "review" { reviews.append(entry.sequence) }
+            return true
+        }
+        #expect(count == 17 && reviews.map(String.init) == [winner[1]])
+        let report = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys)
+        #expect(report.isValid && report.entries == 17, "\(report.problem ?? "")")
+
+        // Several preconditions in one transaction (one pipeline): each record's own answer, in
+        // order, an earlier one's change seen by a later one.
+        try admin.execute("INSERT INTO reviews VALUES ('ex-2', 'pending'), ('ex-3', 'pending')")
+        func reviewing(_ id: String) -> Precondition {
+            Precondition("UPDATE reviews SET state = 'done' WHERE id = ? AND state = 'pending'", [.text(id)], otherwise: KetenpoortError(.conflict, "reviewed meanwhile"))
+        }
+        var seen: [Bool] = []
+        _ = try PostgresAuditStore(settings: settings).append(preconditions: [nil, reviewing("ex-2"), reviewing("ex-2"), nil, reviewing("ex-3"), reviewing("ex-1")]) { tail, held in
+            seen = held
+            return AuditBatch(tail: tail)
+        }
+        #expect(seen == [true, true, false, true, true, false])
+    }
+
     @Test("retention on PostgreSQL: expired details and their subject rows are erased, the rest kept, the log still verifies")
     func retentionOnPostgres() async throws {
         let server = try PostgresServer()
