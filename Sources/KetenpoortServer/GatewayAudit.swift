@@ -21,12 +21,16 @@ public final class GatewayAudit: Sendable {
     public static let healthCheck = "audit_log"
 
     public init(configuration: GatewayConfiguration, health: HealthRegistry, metrics: GatewayMetrics, logger: Logger) throws {
-        guard let keyPath = configuration.masterKeyPath else {
+        // `keys:` or KETENPOORT_KEYS, else the systemd credential `ketenpoort-master-key`.
+        let keyPath: String
+        do {
+            keyPath = try MasterKeySource.resolve(path: configuration.masterKeyPath)
+        } catch {
             throw KetenpoortError(
                 .configuration,
-                "the gateway needs a master key file for the audit log (`keys:` or KETENPOORT_KEYS); create one with `ketenpoort keys init FILE`")
+                "the gateway needs a master key file for the audit log (`keys:`, KETENPOORT_KEYS or a `ketenpoort-master-key` systemd credential); create one with `ketenpoort keys init FILE`")
         }
-        let ring = try KeyRing.load(path: try MasterKeySource.resolve(path: keyPath))
+        let ring = try KeyRing.load(path: keyPath)
         // A log file its owner may not write is a deliberate read-only log: refuse it, also when
         // running as root (which would bypass the mode).
         database = configuration.databaseLocation

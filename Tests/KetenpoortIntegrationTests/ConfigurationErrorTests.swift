@@ -1,4 +1,5 @@
 import Foundation
+import KetenpoortCrypto
 import Testing
 
 /// `ketenpoort serve` refuses a bad configuration with one line that says what to fix.
@@ -33,6 +34,22 @@ struct ConfigurationErrorTests {
         #expect(lines.count == 1, "expected one line, got: \(r.stderr)", sourceLocation: sourceLocation)
         #expect(r.stderr.contains(fragment), "\(r.stderr)", sourceLocation: sourceLocation)
         #expect(r.stdout.isEmpty, sourceLocation: sourceLocation)
+    }
+
+    @Test("without `keys:` or KETENPOORT_KEYS, serve takes the master key from its systemd credential, and says all three when there is none")
+    func masterKeyFromCredential() throws {
+        let dir = temporaryDirectory("ketenpoort-credential")
+        let credentials = dir + "/credentials"
+        try FileManager.default.createDirectory(atPath: credentials, withIntermediateDirectories: true)
+        let config = dir + "/gateway.yaml"
+        let text = GatewayProcess.configuration(database: dir + "/ketenpoort.db", keys: "unused").replacingOccurrences(of: "keys: unused\n", with: "")
+        #expect(!text.contains("keys:"))
+        try write(text, to: config)
+        expectOneLine(try ketenpoort(["serve", "--config", config]), contains: "a `ketenpoort-master-key` systemd credential")
+        try MasterKeyFile.create(path: credentials + "/ketenpoort-master-key")
+        let gateway = try GatewayProcess(directory: dir, configPath: config, arguments: ["serve", "--config", config], environment: ["CREDENTIALS_DIRECTORY": credentials])
+        #expect(gateway.port > 0)
+        #expect(gateway.stop() == 0)
     }
 
     @Test("a missing configuration file")

@@ -51,12 +51,13 @@ final class GatewayProcess: @unchecked Sendable {
 
     /// Starts `ketenpoort ARGUMENTS` (serve or demo) and waits for its `ready:` and
     /// `operations:` lines.
-    init(directory: String, configPath: String, arguments: [String]) throws {
+    init(directory: String, configPath: String, arguments: [String], environment: [String: String] = [:]) throws {
         self.directory = directory
         self.configPath = configPath
         process = Process()
         process.executableURL = URL(fileURLWithPath: ketenpoortBinary)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
