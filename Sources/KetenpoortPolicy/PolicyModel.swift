@@ -309,6 +309,18 @@ extension CaseTable {
 }
 
 extension PolicySet {
+    /// The statutory articles the routes name (`basis.article` of a statutory exchange must be one
+    /// of them: anything else is free text that would be logged).
+    public var declaredArticles: Set<String> {
+        var articles = Set<String>()
+        for table in tables.values {
+            for route in table.routes {
+                for ground in route.grounds.values { if let article = ground.article { articles.insert(article) } }
+            }
+        }
+        return articles
+    }
+
     /// The same set without one route.
     public func removingRoute(_ routeID: String) -> PolicySet {
         PolicySet(version: version + "-" + routeID, registry: registry, tables: tables.mapValues { $0.removingRoute(routeID, registry: registry) }, regionForbids: regionForbids)

@@ -138,6 +138,10 @@ final class ExchangeService: Sendable {
     /// An id from the policies or the registry (case table, purpose, partner, consent): letters,
     /// digits and `._:-`, at most 128 bytes. Whatever a request names is logged, also when it is
     /// refused, so free text (a name typed in the wrong field) is refused before that.
+    /// What an undeclared case table, purpose or recipient is decided and logged as (not an id:
+    /// no policy can declare it).
+    static let undeclared = "(undeclared)"
+
     static func identifier(_ value: JSONValue?, _ path: String) throws -> String {
         let text = try ExchangeService.text(value, path)!
         let bytes = text.utf8
@@ -231,8 +235,11 @@ final class ExchangeService: Sendable {
         let (json, _) = try body(request)
         let idempotencyKey = request.headers.first(name: "idempotency-key")
         var canonicalHash: [UInt8] = []
-        if let key = idempotencyKey {
-            guard !key.isEmpty, key.utf8.count <= 200 else { throw KetenpoortError(.invalidRequest, "`Idempotency-Key` must be 1 to 200 characters") }
+        if let given = idempotencyKey {
+            guard !given.isEmpty, given.utf8.count <= 200 else { throw KetenpoortError(.invalidRequest, "`Idempotency-Key` must be 1 to 200 characters") }
+            // Stored as its hash: the key is the client's choice of text (a BSN or a case number
+            // can be used as one), and only equality is needed.
+            let key = "sha256:" + Hex.encode(Crypto.sha256(Array(given.utf8)))
             canonicalHash = Crypto.sha256(Array(json.serialized(sortedKeys: true).utf8))
             // The key is claimed in the database before the request is decided, so two requests
             // with one key (also through two gateway instances) are never both carried out.
@@ -295,9 +302,18 @@ final class ExchangeService: Sendable {
         answer: @escaping @Sendable (GatewayResponse) -> Void
     ) throws {
         try ExchangeService.only(json, ExchangeService.exchangeMembers, at: "")
-        let caseTable = try ExchangeService.identifier(json["caseTable"], "caseTable")
-        let purpose = try ExchangeService.identifier(json["purpose"], "purpose")
-        let recipient = try ExchangeService.identifier(json["recipient"], "recipient")
+        let givenCaseTable = try ExchangeService.identifier(json["caseTable"], "caseTable")
+        let givenPurpose = try ExchangeService.identifier(json["purpose"], "purpose")
+        let givenRecipient = try ExchangeService.identifier(json["recipient"], "recipient")
+        // A case table, purpose or recipient the policies do not declare is decided (refused)
+        // and logged as `(undeclared)`, never as given: a BSN or a name typed into one of them
+        // would otherwise stay in the immutable log, the exchange row and the stored answer.
+        let snapshot = state.snapshot
+        let policies = snapshot.policySet
+        let declaredTable = policies.tables[givenCaseTable]
+        let caseTable = declaredTable != nil ? givenCaseTable : ExchangeService.undeclared
+        let purpose = declaredTable?.purposes[givenPurpose] != nil ? givenPurpose : ExchangeService.undeclared
+        let recipient = policies.registry.partner(id: givenRecipient) != nil ? givenRecipient : ExchangeService.undeclared
         _ = try ExchangeService.text(json["caseRef"], "caseRef", required: false)
         guard let basis = json["basis"], basis.objectValue != nil else { throw KetenpoortError(.invalidRequest, "`basis` is required: an object with `type`") }
         try ExchangeService.only(
@@ -384,8 +400,16 @@ final class ExchangeService: Sendable {
             throw KetenpoortError(
                 .invalidRequest, "`data.concern_signal.reporter` names the reporter: say who that is in `reporter` (`kind`: professional or bystander, `protected`, `consented`)")
         }
+        let decidedBasis = try DecisionRequest.basis(basis)
+        // The article is free text in the request: only one the policies name is taken (and so
+        // logged); the list is the region's own words.
+        if case .statutory(let article) = decidedBasis, !policies.declaredArticles.contains(article) {
+            throw KetenpoortError(
+                .invalidRequest,
+                "`basis.article` must be a statutory article the region's policies name, word for word: \(policies.declaredArticles.sorted().joined(separator: "; "))")
+        }
         let decisionRequest = DecisionRequest(
-            sender: caller.id, caseTable: caseTable, purpose: purpose, recipient: recipient, basis: try DecisionRequest.basis(basis),
+            sender: caller.id, caseTable: caseTable, purpose: purpose, recipient: recipient, basis: decidedBasis,
             subjects: subjects.map { s in
                 Subject(
                     ref: s.ref, role: s.role, age: s.age, competent: s.competent,
@@ -393,7 +417,6 @@ final class ExchangeService: Sendable {
                     guardian: facts[s.ref]?["guardianship"]?["institution"]?.stringValue)
             },
             fields: fields, facts: caseFacts)
-        let snapshot = state.snapshot
         let decision = snapshot.policySet.evaluate(decisionRequest)
         let exchangeID = ExchangeService.timeOrderedID()
         var texts: [String: String] = [:]

@@ -1,4 +1,5 @@
 import Foundation
+import KetenpoortAudit
 import KetenpoortCore
 import KetenpoortCrypto
 import KetenpoortStore
@@ -20,6 +21,9 @@ struct ExchangeTests {
     let vt = PKIFixture.partner("veilig-thuis-zhz")
     let jgz = PKIFixture.partner("jgz-zhz")
     let officer = PKIFixture.officer("privacy-officer-zhz")
+
+    /// An `Idempotency-Key` as the gateway stores it (its hash, never the key).
+    static func storedKey(_ key: String) -> String { "sha256:" + Hex.encode(Crypto.sha256(Array(key.utf8))) }
 
     func post(_ client: TestHTTPSClient, _ path: String, _ body: String, headers: [(String, String)] = []) async throws -> TestResponse {
         try await client.request(path, method: .POST, headers: [("content-type", "application/json")] + headers, body: body)
@@ -245,7 +249,7 @@ struct ExchangeTests {
         for key in ["stale-same", "stale-other"] {
             try database.rows(
                 "INSERT INTO idempotency (sender, key, body_hash, status, answer, claimed_at) VALUES ('wijkteam-dordrecht', ?, ?, 0, '', '2020-01-01T00:00:00.000Z')",
-                [.text(key), .blob(hash)])
+                [.text(Self.storedKey(key)), .blob(hash)])
         }
         let other = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: [ids[0]]), headers: [("idempotency-key", "stale-other")])
         #expect(other.status == 409 && other.json?["code"]?.stringValue == "idempotency_conflict", "\(other.body)")
@@ -401,7 +405,7 @@ struct ExchangeTests {
         // after the request outlived the claim timeout): older than the timeout, another time.
         let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
         try database.execute(
-            "CREATE TRIGGER take_over AFTER INSERT ON idempotency WHEN NEW.key = 'taken-over' BEGIN UPDATE idempotency SET claimed_at = '2020-01-01T00:00:00.000Z' WHERE sender = NEW.sender AND key = NEW.key; END"
+            "CREATE TRIGGER take_over AFTER INSERT ON idempotency WHEN NEW.key = '\(Self.storedKey("taken-over"))' BEGIN UPDATE idempotency SET claimed_at = '2020-01-01T00:00:00.000Z' WHERE sender = NEW.sender AND key = NEW.key; END"
         )
         let first = try await post(team, "/v1/exchanges", body, headers: [("idempotency-key", "taken-over")])
         #expect(first.status == 409 && first.json?["code"]?.stringValue == "idempotency_conflict", "\(first.body)")
