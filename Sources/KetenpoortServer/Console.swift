@@ -239,6 +239,11 @@ struct Console {
         guard let row = try exchanges.repository.exchange(id: id), row.decision == "permit", row.informSubjectBy != nil else {
             throw KetenpoortError(.notFound, "no permitted exchange with this id whose subject must be informed")
         }
+        // The family cannot have been told of an exchange before it was decided.
+        let decided = String(row.createdAt.prefix(10))
+        guard date >= decided else {
+            throw KetenpoortError(.invalidRequest, "the family cannot have been informed before the exchange was decided (\(decided)); give the day they were told")
+        }
         // Recorded once: a second post (a double click, a second officer) would log a date the
         // database does not keep. Refused here when seen; when racing, by the precondition (409).
         if let already = try exchanges.repository.informedAt(id: id) {

@@ -50,10 +50,11 @@ struct ConsoleTests {
         #expect(try await client.request("/console/reviews").body.contains("Niets te toetsen"))
         // Overdue informing: the date is made to lie in the past, the officer records the informing.
         #expect(try await client.request("/console/uninformed").body.contains("Geen betrokkenen"))
-        try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db").execute("UPDATE exchanges SET inform_subject_by = '2026-01-05'")
+        try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db").execute("UPDATE exchanges SET inform_subject_by = '2026-01-05', created_at = '2026-01-02T09:30:00.000Z'")
         let overdue = try await client.request("/console/uninformed")
         #expect(overdue.body.contains("2026-01-05") && overdue.body.contains("/console/uninformed/\(id)"))
-        for bad in ["date=2026-02-30", "date=2999-01-01", "date=4-1-2026"] {
+        // Not a real day, in the future, not a date, or before the exchange was decided.
+        for bad in ["date=2026-02-30", "date=2999-01-01", "date=4-1-2026", "date=2026-01-01"] {
             #expect(try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: bad).status == 422, "\(bad)")
         }
         let informed = try await client.request("/console/uninformed/\(id)", method: .POST, headers: form, body: "date=2026-01-04")
@@ -96,6 +97,7 @@ struct ConsoleTests {
         var officers: [TestHTTPSClient] = []
         for _ in 0..<8 { officers.append(try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)) }
         let database = gateway.directory + "/ketenpoort.db"
+        try SQLiteDatabase(path: database).execute("UPDATE exchanges SET created_at = '2025-12-31T09:30:00.000Z'")
         func post(_ path: String, _ bodies: [String]) async throws -> [TestResponse] {
             try await ExchangeTests.racing(
                 zip(officers, bodies).map { client, body in
