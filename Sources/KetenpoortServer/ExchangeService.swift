@@ -104,8 +104,19 @@ final class ExchangeService: Sendable {
     static func only(_ value: JSONValue, _ allowed: Set<String>, at path: String) throws {
         guard let members = value.objectValue else { throw KetenpoortError(.invalidRequest, "`\(path)` must be an object") }
         for (key, _) in members where !allowed.contains(key) {
-            throw KetenpoortError(.invalidRequest, "unknown member `\(path.isEmpty ? key : path + "." + key)`; expected one of \(allowed.sorted().joined(separator: ", "))")
+            // The name is repeated only when it is shaped like a member name: a request can put
+            // anything in a name, a BSN or a person's name too, and a detail never holds those.
+            let shown = ExchangeService.looksLikeMemberName(key) ? "`\(path.isEmpty ? key : path + "." + key)`" : (path.isEmpty ? "(its name is not shown)" : "in `\(path)` (its name is not shown)")
+            throw KetenpoortError(.invalidRequest, "unknown member \(shown); expected one of \(allowed.sorted().joined(separator: ", "))")
         }
+    }
+
+    /// An ASCII letter, then letters, digits or `_`; at most 64: what a misspelt member looks like
+    /// (never a BSN, a date or a sentence).
+    static func looksLikeMemberName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, bytes.count <= 64, (65...90).contains(first) || (97...122).contains(first) else { return false }
+        return bytes.allSatisfy { (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == UInt8(ascii: "_") }
     }
 
     static func text(_ value: JSONValue?, _ path: String, required: Bool = true) throws -> String? {
@@ -509,7 +520,7 @@ final class ExchangeService: Sendable {
     func getExchange(_ id: String, caller: Partner) throws -> GatewayResponse {
         // Existence is not revealed to anyone but the sender.
         guard let row = try repository.exchange(id: id), row.sender == caller.id else {
-            throw KetenpoortError(.notFound, "no exchange `\(id.prefix(64))` of yours")
+            throw KetenpoortError(.notFound, "you sent no exchange with this id")
         }
         var members: [(String, JSONValue)] = [
             ("exchangeId", .string(row.id)), ("decision", .string(row.decision)), ("caseTable", .string(row.caseTable)), ("purpose", .string(row.purpose)),
@@ -760,7 +771,7 @@ final class ExchangeService: Sendable {
     func acknowledge(_ id: String, caller: Partner) throws -> GatewayResponse {
         let outcome = try Int64(id).flatMap { $0 > 0 ? $0 : nil }.map { try repository.acknowledge(id: $0, recipient: caller.id, at: AuditClock.timestamp()) }
         guard let outcome, outcome != .notFound else {
-            throw KetenpoortError(.notFound, "no inbox item `\(id.prefix(32))` of yours")
+            throw KetenpoortError(.notFound, "your inbox holds no item with this id")
         }
         // A repeated acknowledgement (a retry, or one through another instance) changes nothing.
         return .json(
@@ -806,7 +817,7 @@ final class ExchangeService: Sendable {
         }
         let comment = try ExchangeService.text(json["comment"], "comment", required: false)
         guard let row = try repository.exchange(id: id), row.reviewState == "pending" else {
-            throw KetenpoortError(.notFound, "no exchange `\(id.prefix(64))` awaiting review")
+            throw KetenpoortError(.notFound, "no exchange with this id is awaiting review")
         }
         var record = try audit.recorder.review(exchangeID: id, officer: caller.id, outcome: outcome, comment: comment)
         // A review racing this one passed the check above too: 409 for whichever commits second.

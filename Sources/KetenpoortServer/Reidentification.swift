@@ -28,7 +28,7 @@ public struct Reidentification: Sendable {
         token: String, caseTable: String, partner: String, purpose: String, policies: PolicySet, date: String, log: (Record) throws -> Void
     ) throws -> String {
         guard policies.permitsReidentification(caseTable: caseTable, partner: partner, purpose: purpose, on: date) else {
-            throw KetenpoortError(.forbidden, "the policy of `\(caseTable)` does not permit re-identification for `\(partner)` and `\(purpose)`")
+            throw KetenpoortError(.forbidden, "no route of this case table lets the gateway re-identify tokens for you for this purpose (today, as a member)")
         }
         let domain = Pseudonymiser.recipientDomain(caseTable: caseTable, recipient: partner)
         let value = try tokeniser.reidentify(token, domain: domain)

@@ -1,5 +1,6 @@
 import Foundation
 import KetenpoortCore
+import NIOHTTP1
 import Testing
 
 /// Free text a partner can put in an exchange's ids, its statutory article or its
@@ -108,5 +109,27 @@ struct LogPrivacyTests {
         #expect(other.status == 409)
         await team.close()
         #expect(databaseBytes(gateway).range(of: Data(key.utf8)) == nil)
+    }
+
+    @Test("error details never repeat what could be personal: an unknown member's name only when shaped like a name, path ids never")
+    func detailsDoNotEcho() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let misspelt = try await post(team, #"{"caseTabel": "mda-zhz"}"#)
+        #expect(misspelt.status == 422)
+        #expect(misspelt.json?["detail"]?.stringValue?.contains("unknown member `caseTabel`") == true, "\(misspelt.body)")
+        for name in ["999990019", "Marie de Vries"] {
+            let r = try await post(team, "{\"\(name)\": {}}")
+            #expect(r.status == 422)
+            #expect(!r.body.contains(name) && r.body.contains("its name is not shown"), "\(r.body)")
+        }
+        let nested = try await post(team, Self.exchange().replacingOccurrences(of: #""basis": {"#, with: #""basis": {"Jan Jansen": 1, "#))
+        #expect(nested.status == 422 && !nested.body.contains("Jansen") && nested.body.contains("in `basis`"), "\(nested.body)")
+        for (path, method) in [("/v1/exchanges/999990019", HTTPMethod.GET), ("/v1/inbox/999990019/ack", .POST)] {
+            let r = try await team.request(path, method: method)
+            #expect(r.status == 404 && !r.body.contains("999990019"), "\(path): \(r.body)")
+        }
+        await team.close()
     }
 }
