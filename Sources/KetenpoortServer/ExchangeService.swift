@@ -183,7 +183,9 @@ final class ExchangeService: Sendable {
 
     func logRef(_ bsn: BSN) throws -> String { try audit.recorder.subjectPseudonym(bsn) }
 
-    static var today: String { String(AuditClock.timestamp().prefix(10)) }
+    /// Today as a Dutch calendar day: consents, memberships and the date to inform a family run
+    /// to the end of the day in the Netherlands, not in UTC.
+    static var today: String { CalendarDate.dutchDay() }
 
     func sealPayload(_ payload: JSONValue, recipient: String, exchangeID: String) throws -> [UInt8] {
         let keys = audit.keys.keys

@@ -304,12 +304,12 @@ struct LogRetention: AsyncParsableCommand {
         commandName: "retention",
         abstract: "Erase the details of entries whose retention ended; their hashes stay, so the chain and proofs still verify.")
     @Option(help: "The gateway's database: a SQLite file or a postgresql:// URL (password from $KETENPOORT_DATABASE_PASSWORD_FILE).") var db: String
-    @Option(help: "Erase what expired before this day (YYYY-MM-DD; default today, UTC).") var today: String?
+    @Option(help: "Erase what expired before this day (YYYY-MM-DD; default today in the Netherlands).") var today: String?
     @Flag(name: .customLong("dry-run"), help: "Only say how many entries would be erased.") var dryRun = false
     @OptionGroup var keyOptions: LogKeyOptions
 
     func run() async throws {
-        let day = today ?? String(AuditClock.timestamp().prefix(10))
+        let day = today ?? CalendarDate.dutchDay()
         guard CalendarDate.isValid(day) else {
             throw KetenpoortError(.invalidInput, "--today must be a real day as YYYY-MM-DD")
         }
