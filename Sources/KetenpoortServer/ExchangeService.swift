@@ -108,12 +108,17 @@ final class ExchangeService: Sendable {
         }
     }
 
+    /// The most bytes (UTF-8) a text member may have.
+    static let textLimit = 4_096
+
     static func text(_ value: JSONValue?, _ path: String, required: Bool = true) throws -> String? {
         guard let value else {
             if required { throw KetenpoortError(.invalidRequest, "`\(path)` is required") }
             return nil
         }
-        guard let s = value.stringValue, !s.isEmpty, s.utf8.count <= 4_096 else { throw KetenpoortError(.invalidRequest, "`\(path)` must be non-empty text") }
+        guard let s = value.stringValue, !s.isEmpty, s.utf8.count <= textLimit else {
+            throw KetenpoortError(.invalidRequest, "`\(path)` must be non-empty text of at most \(textLimit) bytes")
+        }
         return s
     }
 

@@ -607,6 +607,20 @@ struct ExchangeTests {
         }
     }
 
+    @Test("text over its limit is refused with a detail that names the limit")
+    func longText() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let body = Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"basis\":", with: "\"caseRef\": \"\(String(repeating: "r", count: 4_097))\", \"basis\":")
+        let r = try await post(team, "/v1/exchanges", body)
+        #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(r.body)")
+        #expect(r.json?["detail"]?.stringValue == "`caseRef` must be non-empty text of at most 4096 bytes", "\(r.body)")
+        let fits = try await post(team, "/v1/exchanges", body.replacingOccurrences(of: String(repeating: "r", count: 4_097), with: String(repeating: "r", count: 4_096)))
+        #expect(fits.status == 403, "at the limit the request is decided: \(fits.body)")
+        await team.close()
+    }
+
     @Test("a supervision order registered by the Board lets any partner inform the institution carrying it out (Jw 7.3.11-4)")
     func supervisionOrderFact() async throws {
         let gateway = try GatewayProcess()
