@@ -2,7 +2,8 @@
 """Checks openapi.yaml against the server's code (part of `make test`): the document parses,
 every $ref resolves, every route the server answers is described, every problem code the server
 can send is in the Problem schema's enum, and the exchange request schema accepts the contract's
-example and refuses an unknown member (the server does the same; see ExchangeTests)."""
+example and refuses an unknown member, and its `data` lists the field catalogue and refuses other
+names (the server does the same; see ExchangeTests)."""
 import glob, json, os, re, sys
 import jsonschema, yaml
 
@@ -69,6 +70,27 @@ try:
     failed.append("ExchangeRequest accepts an unknown member")
 except jsonschema.ValidationError:
     pass
+
+# `data`: the field catalogue (Vocabulary.fields), category by category; any other name is refused.
+vocabulary = open(os.path.join(root, "Sources", "KetenpoortPolicy", "Vocabulary.swift")).read()
+block = vocabulary[vocabulary.index("public static let fields"):]
+block = block[:block.index("\n    ]\n")]
+catalogue = {c: set(re.findall(r'"(\w+)"', f)) for c, f in re.findall(r'"(\w+)": \[([^\]]*)\]', block)}
+described = {c: set((s.get("properties") or {}).keys()) for c, s in schema["properties"]["data"]["properties"].items()}
+if not catalogue:
+    failed.append("the field catalogue (Vocabulary.fields) was not found in Vocabulary.swift")
+for c, category in schema["properties"]["data"]["properties"].items():
+    if category.get("additionalProperties") is not False:
+        failed.append(f"ExchangeRequest.data.{c} accepts fields outside the catalogue")
+for c in sorted(set(described) | set(catalogue)):
+    if described.get(c) != catalogue.get(c):
+        failed.append(f"ExchangeRequest.data.{c} lists {sorted(described.get(c, []))}, the field catalogue {sorted(catalogue.get(c, []))}")
+for name, data in [("category", dict(example["data"], notes={"x": "y"})), ("field", dict(example["data"], identity={"nickname": "n"}))]:
+    try:
+        jsonschema.validate(dict(example, data=data), schema)
+        failed.append(f"ExchangeRequest accepts an unknown data {name}")
+    except jsonschema.ValidationError:
+        pass
 
 for f in failed:
     print(f"openapi.yaml: {f}")

@@ -119,12 +119,17 @@ final class ExchangeService: Sendable {
         return bytes.allSatisfy { (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == UInt8(ascii: "_") }
     }
 
+    /// The most bytes (UTF-8) a text member may have.
+    static let textLimit = 4_096
+
     static func text(_ value: JSONValue?, _ path: String, required: Bool = true) throws -> String? {
         guard let value else {
             if required { throw KetenpoortError(.invalidRequest, "`\(path)` is required") }
             return nil
         }
-        guard let s = value.stringValue, !s.isEmpty, s.utf8.count <= 4_096 else { throw KetenpoortError(.invalidRequest, "`\(path)` must be non-empty text") }
+        guard let s = value.stringValue, !s.isEmpty, s.utf8.count <= textLimit else {
+            throw KetenpoortError(.invalidRequest, "`\(path)` must be non-empty text of at most \(textLimit) bytes")
+        }
         return s
     }
 
@@ -310,6 +315,69 @@ final class ExchangeService: Sendable {
         return bytes
     }
 
+    /// The `category.field` paths `data` carries, checked before anything is decided or logged:
+    /// - every category, and every field of it, is a name of the field catalogue: whatever else a
+    ///   request put there (a name, a BSN typed as a key) would reach the log's `withheld` lists
+    ///   in clear, for good;
+    /// - every member `bsn`, at any depth (`data.identity.bsn`, `data.household.members[].bsn`),
+    ///   is a valid BSN of a person listed in `subjects` (the BSNs' digits): consent coverage,
+    ///   the forbid rules (a closed case) and the log's subject index see only `subjects`, so a
+    ///   person whose data flows must be among them. Checked also for an exchange that would be
+    ///   refused, so that a refusal does not hide a malformed BSN.
+    /// No name or value of the request is echoed; the catalogue's own names are.
+    static func dataFields(_ categories: [(String, JSONValue)], subjects: Set<String>) throws -> Set<String> {
+        var fields = Set<String>()
+        for (category, value) in categories {
+            guard let known = Vocabulary.fields[category] else {
+                throw KetenpoortError(
+                    .invalidRequest, "`data` holds a category that is not in the field catalogue; the categories are \(FieldCatalogue.shared.categories.joined(separator: ", "))")
+            }
+            guard let members = value.objectValue else { throw KetenpoortError(.invalidRequest, "`data.\(category)` must be an object of fields") }
+            for (field, fieldValue) in members {
+                guard known.contains(field) else {
+                    throw KetenpoortError(
+                        .invalidRequest,
+                        "`data.\(category)` holds a field that the field catalogue does not know for `\(category)`; its fields are \(known.sorted().joined(separator: ", "))")
+                }
+                let path = category + "." + field
+                if field == "bsn" {
+                    try subjectBSN(fieldValue, "`data.\(path)`", subjects: subjects)
+                } else {
+                    try nestedBSNs(fieldValue, in: path, subjects: subjects)
+                }
+                fields.insert(path)
+            }
+        }
+        return fields
+    }
+
+    /// Every member `bsn` inside the value of the field at `path`, at any depth. (The member
+    /// names inside a field's value are the request's: only the field's path is named.)
+    static func nestedBSNs(_ value: JSONValue, in path: String, subjects: Set<String>) throws {
+        switch value {
+        case .object(let members):
+            for (key, member) in members {
+                if key == "bsn" { try subjectBSN(member, "a `bsn` in `data.\(path)`", subjects: subjects) } else { try nestedBSNs(member, in: path, subjects: subjects) }
+            }
+        case .array(let items):
+            for item in items { try nestedBSNs(item, in: path, subjects: subjects) }
+        default:
+            return
+        }
+    }
+
+    /// A BSN in `data` (described by `what`): valid, and one of the subjects' (the value never echoed).
+    static func subjectBSN(_ value: JSONValue, _ what: String, subjects: Set<String>) throws {
+        guard let text = value.stringValue, BSN.isValid(text) else {
+            throw KetenpoortError(.invalidBSN, "\(what) is not a valid BSN (nine digits passing the 11-check)")
+        }
+        guard subjects.contains(text) else {
+            throw KetenpoortError(
+                .invalidRequest,
+                "`data` holds the BSN of a person who is not among `subjects` (\(what)): list every person whose data flows in `subjects`, with their role")
+        }
+    }
+
     func decide(
         _ json: JSONValue, caller: Partner, idempotency: (key: String, hash: [UInt8], claimedAt: String)?,
         answer: @escaping @Sendable (GatewayResponse) -> Void
@@ -338,9 +406,6 @@ final class ExchangeService: Sendable {
         guard let data = json["data"], let categories = data.objectValue, !categories.isEmpty else {
             throw KetenpoortError(.invalidRequest, "`data` must be an object of categories, each an object of fields")
         }
-        for (category, value) in categories {
-            guard value.objectValue != nil else { throw KetenpoortError(.invalidRequest, "`data.\(category)` must be an object of fields") }
-        }
         let date = ExchangeService.today
         // Subjects: the BSN becomes the log pseudonym (the ref the registry and the policy use).
         var subjects: [(bsn: BSN, ref: String, role: String, age: Int?, competent: Bool)] = []
@@ -354,6 +419,8 @@ final class ExchangeService: Sendable {
             let competent = try ExchangeService.flag(item["competent"], "subjects[\(i)].competent", default: true)
             subjects.append((bsn, try logRef(bsn), role, item["age"]?.intValue, competent))
         }
+        // Checked before anything is read, decided or logged (see `dataFields`).
+        let fields = try ExchangeService.dataFields(categories, subjects: Set(subjects.map(\.bsn.digits)))
         let refs = subjects.map(\.ref)
         let facts = try repository.facts(caseTable: caseTable, subjects: refs)
         let consents = try repository.consents(caseTable: caseTable, subjects: refs)
@@ -396,16 +463,6 @@ final class ExchangeService: Sendable {
                 ConsentFact(
                     id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, purposes: Set(c.purposes), recipients: Set(c.recipients),
                     categories: Set(c.categories), validFrom: c.validFrom, validUntil: c.validUntil, withdrawn: c.status != "active"))
-        }
-        var fields = Set<String>()
-        for (category, value) in categories {
-            for (field, fieldValue) in value.objectValue ?? [] {
-                // Checked before the decision, so a refusal does not hide a malformed BSN.
-                if field == "bsn", fieldValue.stringValue.map(BSN.isValid) != true {
-                    throw KetenpoortError(.invalidBSN, "`data.\(category.prefix(64)).bsn` is not a valid BSN (nine digits passing the 11-check)")
-                }
-                fields.insert(category + "." + field)
-            }
         }
         // Reporter protection turns on who the reporter is: data that names the reporter comes
         // with the `reporter` it names (a bystander or a professional), never without.

@@ -496,6 +496,135 @@ struct ExchangeTests {
         await fresh.close()
     }
 
+    /// Another person than the child and the parents (test range, 11-check).
+    static let otherPerson = "999990007"
+
+    @Test("a BSN in `data` that is not among `subjects` is refused (422, never echoed), also inside a list, before anything is logged or delivered; listed, that person's closed case counts")
+    func dataAboutSomeoneNotListed() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        // The other person's case is closed: nothing may flow about them any more.
+        let closed = try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "case-closed", "subject": "\#(Self.otherPerson)", "closed": true}"#)
+        #expect(closed.status == 201, "\(closed.body)")
+        // The consent for the child would carry another person's identity ...
+        let body = Self.exchangeBody(consents: ids)
+        let swapped = body.replacingOccurrences(of: "\"identity\": {\"bsn\": \"\(Self.child)\"", with: "\"identity\": {\"bsn\": \"\(Self.otherPerson)\"")
+        #expect(swapped != body)
+        // ... or a household member's, nested in a list.
+        let member = Self.exchangeBody(consents: ids, extraData: #", "household": {"members": [{"relation": "broer", "bsn": "\#(Self.otherPerson)"}]}"#)
+        for (name, refusedBody, key) in [("identity", swapped, nil), ("household", member, "k-1")] {
+            let r = try await post(team, "/v1/exchanges", refusedBody, headers: key.map { [("idempotency-key", $0)] } ?? [])
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(name): \(r.body)")
+            #expect(r.json?["detail"]?.stringValue?.contains("`subjects`") == true, "\(name): \(r.body)")
+            #expect(!r.body.contains(Self.otherPerson) && r.json?["exchangeId"] == nil, "\(name): \(r.body)")
+        }
+        // Listed with a role, the person's own facts count (their case is closed: denied, logged),
+        // and the refused request left its Idempotency-Key free.
+        let listed = member.replacingOccurrences(of: "\"subjects\": [", with: "\"subjects\": [{\"bsn\": \"\(Self.otherPerson)\", \"role\": \"sibling\", \"age\": 11}, ")
+        let denied = try await post(team, "/v1/exchanges", listed, headers: [("idempotency-key", "k-1")])
+        #expect(denied.status == 403 && denied.json?["code"]?.stringValue == "exchange_denied", "\(denied.body)")
+        #expect(denied.json?["reasons"]?.arrayValue?.contains { $0["rule"]?.stringValue == "closed-case" } == true, "\(denied.body)")
+        await team.close()
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        #expect(try await vtClient.request("/v1/inbox").json?["items"]?.arrayValue?.isEmpty == true, "nothing delivered")
+        await vtClient.close()
+        #expect(gateway.stop() == 0)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db"])
+        let kinds = export.stdout.split(separator: "\n").compactMap { try? JSONParser.parse(String($0))["kind"]?.stringValue }
+        #expect(kinds == ["policy-reloaded", "fact-registered", "consent-registered", "consent-registered", "fact-registered", "exchange-denied"], "\(kinds)")
+        let database = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        #expect(try database.rows("SELECT count(*) FROM exchanges", []).first?.int64(0) == 1, "only the listed request was decided")
+        #expect(try database.rows("SELECT count(*) FROM inbox", []).first?.int64(0) == 0)
+    }
+
+    @Test("every member `bsn` in `data`, at any depth, passes the 11-check (never echoed) and is a listed subject's; a listed household member's report shows the exchange")
+    func nestedBSNs() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        // The mother in the household list, listed as a subject: permitted under Wmo 5.2.6.
+        let report = Self.safetyReport.replacingOccurrences(
+            of: "\"concern_signal\":", with: "\"household\": {\"members\": [{\"relation\": \"moeder\", \"person\": {\"bsn\": \"\(Self.mother)\"}}]}, \"concern_signal\":")
+        #expect(report != Self.safetyReport)
+        let listed = report.replacingOccurrences(of: "\"subjects\": [", with: "\"subjects\": [{\"bsn\": \"\(Self.mother)\", \"role\": \"mother\"}, ")
+        // Not listed: refused.
+        let unlisted = try await post(team, "/v1/exchanges", report)
+        #expect(unlisted.status == 422 && unlisted.json?["code"]?.stringValue == "invalid_request", "\(unlisted.body)")
+        #expect(!unlisted.body.contains(Self.mother))
+        // Not a BSN, deep in a list: refused as such, the value not echoed.
+        for bad in ["999990018", "99999001", "not a bsn"] {
+            let r = try await post(team, "/v1/exchanges", listed.replacingOccurrences(of: "{\"bsn\": \"\(Self.mother)\"}}", with: "{\"bsn\": \"\(bad)\"}}"))
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_bsn", "\(bad): \(r.body)")
+            #expect(r.json?["detail"]?.stringValue?.contains("data.household.members") == true, "\(r.body)")
+            #expect(!r.body.contains(bad))
+        }
+        let numeric = try await post(team, "/v1/exchanges", listed.replacingOccurrences(of: "{\"bsn\": \"\(Self.mother)\"}}", with: "{\"bsn\": 999990020}}"))
+        #expect(numeric.status == 422 && numeric.json?["code"]?.stringValue == "invalid_bsn", "\(numeric.body)")
+        let sent = try await post(team, "/v1/exchanges", listed)
+        #expect(sent.status == 201, "\(sent.body)")
+        #expect(sent.json?["released"]?.arrayValue?.contains("household.members") == true, "\(sent.body)")
+        await team.close()
+        #expect(gateway.stop() == 0)
+        // The mother's access report shows the one exchange that carried her data.
+        let keys = gateway.directory + "/keys"
+        let mother = try ketenpoort(["log", "subject-report", "--db", gateway.directory + "/ketenpoort.db", "--keys", keys, "--json"], stdin: Self.mother + "\n")
+        #expect(mother.status == 0, "\(mother.stderr)")
+        let exchanges = try JSONParser.parse(mother.stdout)["exchanges"]?.arrayValue ?? []
+        #expect(exchanges.map { $0["sequence"]?.intValue } == [sent.json?["logSequence"]?.intValue], "\(mother.stdout)")
+    }
+
+    @Test("a data category or field the field catalogue does not know is refused (422) without echoing its name, which never reaches the answer or the database")
+    func unknownDataNames() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let ids = try await consentOfBothParents(team)
+        let secrets = ["notities", "Marie de Vries", "999990111", "moeder", "huisarts_naam", "Dr. Jansen"]
+        let unknownCategory = Self.exchangeBody(consents: ids, extraData: #", "notities": {"Marie de Vries 999990111": "moeder"}"#)
+        let unknownField = Self.exchangeBody(consents: ids).replacingOccurrences(of: "\"health\": {", with: "\"health\": {\"huisarts_naam\": \"Dr. Jansen\", ")
+        for (name, body, catalogue) in [("category", unknownCategory, "identity"), ("field", unknownField, "summary")] {
+            for key in [nil, "k-\(name)"] {
+                let r = try await post(team, "/v1/exchanges", body, headers: key.map { [("idempotency-key", $0)] } ?? [])
+                #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(name): \(r.body)")
+                #expect(r.json?["detail"]?.stringValue?.contains("field catalogue") == true, "\(name): \(r.body)")
+                // The catalogue's own names help the integrator; the request's are not repeated.
+                #expect(r.json?["detail"]?.stringValue?.contains(catalogue) == true, "\(name): \(r.body)")
+                for secret in secrets { #expect(!r.body.contains(secret), "`\(secret)` in the answer to the unknown \(name): \(r.body)") }
+            }
+        }
+        // A field the catalogue knows but the route does not release is still withheld by name.
+        let known = try await post(team, "/v1/exchanges", Self.exchangeBody(consents: ids).replacingOccurrences(of: "\"health\": {", with: "\"health\": {\"diagnosis\": \"x\", "))
+        #expect(known.status == 201, "\(known.body)")
+        #expect(known.json?["withheld"] == ["concern_signal.summary", "health.diagnosis"], "\(known.body)")
+        await team.close()
+        #expect(gateway.stop() == 0)
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db"])
+        let kinds = export.stdout.split(separator: "\n").compactMap { try? JSONParser.parse(String($0))["kind"]?.stringValue }
+        #expect(kinds.filter { $0.hasPrefix("exchange-") } == ["exchange-permitted"], "only the known names were decided: \(kinds)")
+        for suffix in ["", "-wal", "-shm"] {
+            guard let data = FileManager.default.contents(atPath: gateway.directory + "/ketenpoort.db" + suffix) else { continue }
+            for secret in secrets {
+                #expect(data.range(of: Data(secret.utf8)) == nil, "`\(secret)` in ketenpoort.db\(suffix)")
+            }
+        }
+    }
+
+    @Test("text over its limit is refused with a detail that names the limit")
+    func longText() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let body = Self.exchangeBody(consents: ["x"]).replacingOccurrences(of: "\"basis\":", with: "\"caseRef\": \"\(String(repeating: "r", count: 4_097))\", \"basis\":")
+        let r = try await post(team, "/v1/exchanges", body)
+        #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(r.body)")
+        #expect(r.json?["detail"]?.stringValue == "`caseRef` must be non-empty text of at most 4096 bytes", "\(r.body)")
+        let fits = try await post(team, "/v1/exchanges", body.replacingOccurrences(of: String(repeating: "r", count: 4_097), with: String(repeating: "r", count: 4_096)))
+        #expect(fits.status == 403, "at the limit the request is decided: \(fits.body)")
+        await team.close()
+    }
+
     @Test("a supervision order registered by the Board lets any partner inform the institution carrying it out (Jw 7.3.11-4)")
     func supervisionOrderFact() async throws {
         let gateway = try GatewayProcess()
