@@ -5,6 +5,7 @@ import KetenpoortTLS
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Pushes inbox items to partners that have a `delivery_endpoint` in `partners.yaml`, over
 /// mutual TLS with the gateway's client certificate (`client_tls`). A 2xx answer is the
@@ -20,6 +21,8 @@ final class PushDelivery: Sendable {
     let logger: Logger
     let group: EventLoopGroup
     let interval: Duration
+    /// Partners whose endpoint failed, until when their items wait untried (this instance's view).
+    private let partnerBackoff = Mutex<[String: (until: Date, next: String)]>([:])
 
     init(repository: ExchangeRepository, service: ExchangeService, state: GatewayState, context: TLSContextBox, logger: Logger, group: EventLoopGroup, interval: Duration = .milliseconds(500)) {
         self.repository = repository
@@ -65,13 +68,17 @@ final class PushDelivery: Sendable {
             logger.error("push delivery: the inbox cannot be read", metadata: ["error": "\((error as? KetenpoortError)?.message ?? "storage error")"])
             return
         }
-        // A partner whose endpoint failed in this round is not tried again until its backoff:
-        // its other items wait with it (attempts unchanged), and a dead endpoint holding many
-        // items costs one timeout per round, not one per item, so other partners are not starved.
-        var failedThisRound: [String: String] = [:]  // recipient → next attempt
+        // A partner whose endpoint failed is not tried again until its backoff has passed: its
+        // other items — also items that became due in a later round — wait with it (attempts
+        // unchanged), and a dead endpoint holding many items costs one timeout per backoff, not
+        // one per item, so other partners are not starved.
         for row in due {
             guard let url = endpoints[row.recipient] else { continue }
-            if let next = failedThisRound[row.recipient] {
+            let now = Date()
+            if let next = partnerBackoff.withLock({ waiting -> String? in
+                guard let entry = waiting[row.recipient], entry.until > now else { return nil }
+                return entry.next
+            }) {
                 do {
                     try repository.markPushFailed(id: row.id, attempts: row.attempts, next: next, reason: "not tried: the endpoint failed for an earlier item")
                 } catch {
@@ -83,11 +90,13 @@ final class PushDelivery: Sendable {
             do {
                 switch outcome {
                 case .success:
+                    partnerBackoff.withLock { _ = $0.removeValue(forKey: row.recipient) }
                     try repository.markPushed(id: row.id, at: AuditClock.timestamp())
                 case .failure(let reason):
                     let attempts = row.attempts + 1
-                    let next = AuditClock.timestamp(Date().addingTimeInterval(PushDelivery.backoff(attempts: attempts)))
-                    failedThisRound[row.recipient] = next
+                    let until = Date().addingTimeInterval(PushDelivery.backoff(attempts: attempts))
+                    let next = AuditClock.timestamp(until)
+                    partnerBackoff.withLock { $0[row.recipient] = (until, next) }
                     try repository.markPushFailed(id: row.id, attempts: attempts, next: next, reason: reason)
                     logger.warning(
                         "push delivery failed; will retry", metadata: ["partner": "\(row.recipient)", "attempt": "\(attempts)", "reason": "\(reason)"])
