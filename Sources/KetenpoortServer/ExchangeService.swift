@@ -365,7 +365,7 @@ final class ExchangeService: Sendable {
             guard Vocabulary.grantors.contains(c.grantor) else { throw KetenpoortError(.invalidRequest, "a registered consent has an unknown grantor") }
             caseFacts.consents.append(
                 ConsentFact(
-                    id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, purposes: Set(c.purposes), recipients: Set(c.recipients),
+                    id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, registeredBy: c.registeredBy, purposes: Set(c.purposes), recipients: Set(c.recipients),
                     categories: Set(c.categories), validFrom: c.validFrom, validUntil: c.validUntil, withdrawn: c.status != "active"))
         }
         var fields = Set<String>()

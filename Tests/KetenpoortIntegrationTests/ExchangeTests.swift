@@ -232,6 +232,61 @@ struct ExchangeTests {
         await team.close()
     }
 
+    /// A consent registration body for `subject` (the child unless given) with any grantor.
+    static func consentBody(
+        subject: String = child, age: Int, competent: Bool? = nil, capacity: String, grantorBSN: String?, recipients: String = #"["veilig-thuis-zhz"]"#,
+        purposes: String = #"["meldcode-report"]"#, categories: String = #"["identity", "health"]"#, caseTable: String = "mda-zhz"
+    ) -> String {
+        let competence = competent.map { ", \"competent\": \($0)" } ?? ""
+        let grantor = grantorBSN.map { ", \"bsn\": \"\($0)\"" } ?? ""
+        return """
+            {"caseTable": "\(caseTable)", "subject": {"bsn": "\(subject)", "age": \(age)\(competence)},
+             "grantor": {"capacity": "\(capacity)"\(grantor)},
+             "purposes": \(purposes), "recipients": \(recipients), "categories": \(categories)}
+            """
+    }
+
+    @Test("a consent counts only for exchanges of the partner that registered it (it lifts that partner's secrecy); a guardian's own consent counts for the table")
+    func consentOfAnotherPartner() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let dordrecht = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let gorinchemCert = PKIFixture.partner("wijkteam-gorinchem")
+        let gorinchem = try await TestHTTPSClient.connect(port: gateway.port, cert: gorinchemCert.cert, key: gorinchemCert.key)
+        let ids = try await consentOfBothParents(dordrecht)
+
+        // Gorinchem cites the consents Dordrecht obtained: denied, and the reason says why.
+        let borrowed = try await post(gorinchem, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(borrowed.status == 403 && borrowed.json?["code"]?.stringValue == "exchange_denied", "\(borrowed.body)")
+        let explanations = (borrowed.json?["reasons"]?.arrayValue ?? []).compactMap { $0["explanation"]?.stringValue }.joined(separator: " | ")
+        #expect(explanations.contains("registered by another partner"), "\(explanations)")
+        for bsn in [Self.child, Self.mother, Self.father] { #expect(!borrowed.body.contains(bsn)) }
+        // It cannot withdraw them either, and Dordrecht itself still relies on them.
+        #expect(try await gorinchem.request("/v1/consents/\(ids[0])/withdraw", method: .POST).status == 404)
+        let own = try await post(dordrecht, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(own.status == 201, "\(own.body)")
+        // Mixing a consent of its own with one of another partner does not help either.
+        let ownOfMother = try await post(gorinchem, "/v1/consents", Self.consentBody(grantor: Self.mother))
+        #expect(ownOfMother.status == 201, "\(ownOfMother.body)")
+        let mixed = try await post(gorinchem, "/v1/exchanges", Self.exchangeBody(consents: [try #require(ownOfMother.json?["consentId"]?.stringValue), ids[1]]))
+        #expect(mixed.status == 403, "\(mixed.body)")
+
+        // The guardian's own consent (registered by the institution acting as guardian) is the
+        // guardian's declaration, not something a team obtained: it counts for every team.
+        let institution = PKIFixture.partner("jeugdbescherming-west")
+        let gi = try await TestHTTPSClient.connect(port: gateway.port, cert: institution.cert, key: institution.key)
+        let fact = try await post(gi, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "guardianship", "subject": "\#(Self.child)", "institution": "jeugdbescherming-west"}"#)
+        #expect(fact.status == 201, "\(fact.body)")
+        let guardian = try await post(gi, "/v1/consents", Self.consentBody(age: 9, capacity: "guardian", grantorBSN: nil))
+        #expect(guardian.status == 201, "\(guardian.body)")
+        let guardianID = try #require(guardian.json?["consentId"]?.stringValue)
+        for client in [dordrecht, gorinchem] {
+            let sent = try await post(client, "/v1/exchanges", Self.exchangeBody(consents: [guardianID]))
+            #expect(sent.status == 201, "\(sent.body)")
+        }
+        for client in [dordrecht, gorinchem, gi] { await client.close() }
+    }
+
     @Test("Idempotency-Key: a stale claim (its instance died mid-request) is taken over by the same body only; another body gets 409")
     func staleIdempotencyClaim() async throws {
         let gateway = try GatewayProcess()
