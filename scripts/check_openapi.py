@@ -2,7 +2,8 @@
 """Checks openapi.yaml against the server's code (part of `make test`): the document parses,
 every $ref resolves, every route the server answers is described, every problem code the server
 can send is in the Problem schema's enum, and the exchange request schema accepts the contract's
-example and refuses an unknown member (the server does the same; see ExchangeTests)."""
+example and refuses an unknown member (the server does the same; see ExchangeTests), and the
+consent recipients `kind:<kind>` are the partner kinds of the registry."""
 import glob, json, os, re, sys
 import jsonschema, yaml
 
@@ -69,6 +70,14 @@ try:
     failed.append("ExchangeRequest accepts an unknown member")
 except jsonschema.ValidationError:
     pass
+
+# Consent recipients of the form `kind:<kind>`: exactly the partner kinds of the registry.
+registry = open(os.path.join(root, "Sources", "KetenpoortPolicy", "PartnerRegistry.swift")).read()
+kinds = set(re.findall(r'"([a-z_]+)"', re.search(r"partnerKinds: Set<String> = \[(.*?)\]", registry, re.S).group(1)))
+consent = doc["paths"]["/v1/consents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+described = {k[len("kind:"):] for k in consent["properties"]["recipients"]["items"]["anyOf"][1]["enum"]}
+if described != kinds:
+    failed.append(f"consent recipients `kind:<kind>` differ from partnerKinds: {sorted(described ^ kinds)}")
 
 for f in failed:
     print(f"openapi.yaml: {f}")
