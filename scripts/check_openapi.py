@@ -3,7 +3,8 @@
 every $ref resolves, every route the server answers is described, every problem code the server
 can send is in the Problem schema's enum, and the exchange request schema accepts the contract's
 example and refuses an unknown member, and its `data` lists the field catalogue and refuses other
-names (the server does the same; see ExchangeTests)."""
+names (the server does the same; see ExchangeTests), and the consent recipients `kind:<kind>`
+are the partner kinds of the registry."""
 import glob, json, os, re, sys
 import jsonschema, yaml
 
@@ -91,6 +92,14 @@ for name, data in [("category", dict(example["data"], notes={"x": "y"})), ("fiel
         failed.append(f"ExchangeRequest accepts an unknown data {name}")
     except jsonschema.ValidationError:
         pass
+
+# Consent recipients of the form `kind:<kind>`: exactly the partner kinds of the registry.
+registry = open(os.path.join(root, "Sources", "KetenpoortPolicy", "PartnerRegistry.swift")).read()
+kinds = set(re.findall(r'"([a-z_]+)"', re.search(r"partnerKinds: Set<String> = \[(.*?)\]", registry, re.S).group(1)))
+consent = doc["paths"]["/v1/consents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+described = {k[len("kind:"):] for k in consent["properties"]["recipients"]["items"]["anyOf"][1]["enum"]}
+if described != kinds:
+    failed.append(f"consent recipients `kind:<kind>` differ from partnerKinds: {sorted(described ^ kinds)}")
 
 for f in failed:
     print(f"openapi.yaml: {f}")

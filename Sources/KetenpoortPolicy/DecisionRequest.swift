@@ -78,6 +78,12 @@ public struct ConsentFact: Sendable, Hashable {
     public var grantor: String
     /// Who gave it (for parents: the parent's ref), to check every custody holder consented.
     public var grantorRef: String?
+    /// The partner that registered it. A consent lifts the professional secrecy of the partner
+    /// that obtained it, so it counts only for that partner's exchanges — except a guardian's own
+    /// consent (registered by the institution acting as guardian, `grantorRef`), which is the
+    /// grantor's declaration to the table rather than something a sender obtained. `nil`: unknown,
+    /// counts for nobody.
+    public var registeredBy: String?
     public var purposes: Set<String>
     /// Recipient partner ids or `kind:<kind>`.
     public var recipients: Set<String>
@@ -88,13 +94,14 @@ public struct ConsentFact: Sendable, Hashable {
     public var withdrawn: Bool
 
     public init(
-        id: String, subject: String, grantor: String, grantorRef: String? = nil, purposes: Set<String>, recipients: Set<String>,
+        id: String, subject: String, grantor: String, grantorRef: String? = nil, registeredBy: String?, purposes: Set<String>, recipients: Set<String>,
         categories: Set<String>, validFrom: String? = nil, validUntil: String? = nil, withdrawn: Bool = false
     ) {
         self.id = id
         self.subject = subject
         self.grantor = grantor
         self.grantorRef = grantorRef
+        self.registeredBy = registeredBy
         self.purposes = purposes
         self.recipients = recipients
         self.categories = categories
@@ -102,6 +109,13 @@ public struct ConsentFact: Sendable, Hashable {
         self.validFrom = validFrom
         self.validUntil = validUntil
         self.withdrawn = withdrawn
+    }
+
+    /// Whether `sender` may rely on this consent: the partner that registered it may; a
+    /// guardian's own consent counts for every sender (its other conditions still apply).
+    public func counts(forSender sender: String) -> Bool {
+        guard let registeredBy else { return false }
+        return registeredBy == sender || (grantor == "guardian" && grantorRef == registeredBy)
     }
 }
 
@@ -238,7 +252,7 @@ extension DecisionRequest {
             facts.consents.append(
                 ConsentFact(
                     id: try text(c["id"], "consents[].id"), subject: try text(c["subject"], "consents[].subject"), grantor: grantor,
-                    grantorRef: c["grantorRef"]?.stringValue, purposes: Set(try texts(c["purposes"], "consents[].purposes")),
+                    grantorRef: c["grantorRef"]?.stringValue, registeredBy: c["registeredBy"]?.stringValue ?? sender, purposes: Set(try texts(c["purposes"], "consents[].purposes")),
                     recipients: Set(try texts(c["recipients"], "consents[].recipients")),
                     categories: Set(try texts(c["categories"], "consents[].categories")), validFrom: c["validFrom"]?.stringValue,
                     validUntil: c["validUntil"]?.stringValue, withdrawn: c["withdrawn"]?.boolValue ?? false))

@@ -301,6 +301,12 @@ extension PolicySet {
                 return .failure(RouteFailure(reason: "consent `\(id)` is not registered"))
             }
             let c = consents[index]
+            // A consent lifts the secrecy of the partner that obtained and registered it, for
+            // what it obtained: another partner cannot borrow it (a guardian's own consent is
+            // the guardian's declaration and counts for every sender).
+            guard c.counts(forSender: request.sender) else {
+                return .failure(RouteFailure(reason: "consent `\(id)` was registered by another partner: a consent counts only for exchanges of the partner that obtained and registered it"))
+            }
             if !c.withdrawn && (c.validFrom.map { $0 <= date } ?? true) && (c.validUntil.map { $0 >= date } ?? true)
                 && c.purposes.contains(request.purpose) && (c.recipients.contains(recipient.id) || c.recipients.contains(recipientKind))
             {

@@ -33,7 +33,7 @@ public enum PolicyBenchmark {
         for i in 0..<count {
             var facts = CaseFacts(date: "2026-05-01")
             facts.consents = [
-                ConsentFact(id: "c", subject: "child", grantor: "self", purposes: ["safety-assessment"], recipients: ["veilig-thuis-zhz"],
+                ConsentFact(id: "c", subject: "child", grantor: "self", registeredBy: "wijkteam-dordrecht", purposes: ["safety-assessment"], recipients: ["veilig-thuis-zhz"],
                             categories: ["identity", "household", "concern_signal", "safety_assessment"])
             ]
             let table = ids[i % ids.count]

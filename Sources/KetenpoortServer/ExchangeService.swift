@@ -461,7 +461,7 @@ final class ExchangeService: Sendable {
             guard Vocabulary.grantors.contains(c.grantor) else { throw KetenpoortError(.invalidRequest, "a registered consent has an unknown grantor") }
             caseFacts.consents.append(
                 ConsentFact(
-                    id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, purposes: Set(c.purposes), recipients: Set(c.recipients),
+                    id: c.id, subject: c.subject, grantor: c.grantor, grantorRef: c.grantorRef, registeredBy: c.registeredBy, purposes: Set(c.purposes), recipients: Set(c.recipients),
                     categories: Set(c.categories), validFrom: c.validFrom, validUntil: c.validUntil, withdrawn: c.status != "active"))
         }
         // Reporter protection turns on who the reporter is: data that names the reporter comes
@@ -604,7 +604,8 @@ final class ExchangeService: Sendable {
 
     // MARK: consents
 
-    static let capacities: Set<String> = ["self", "parent_with_custody", "parent_without_custody", "guardian", "representative"]
+    /// The capacities in which someone can consent (a parent without custody cannot: domain.md).
+    static let capacities: Set<String> = ["self", "parent_with_custody", "guardian", "representative"]
 
     func postConsent(_ request: GatewayRequest, caller: Partner) async throws -> GatewayResponse {
         let (json, _) = try body(request)
@@ -612,8 +613,10 @@ final class ExchangeService: Sendable {
             json, ["caseTable", "subject", "grantor", "purposes", "recipients", "categories", "validFrom", "validUntil", "evidenceRef"], at: "")
         let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
         let snapshot = state.snapshot
+        // Refusals never repeat what the caller sent (a BSN or a name in the wrong member would
+        // end up in their logs and ours); they say what is wrong and what is valid.
         guard let table = snapshot.policySet.tables[caseTable] else {
-            throw KetenpoortError(.invalidRequest, "`caseTable`: no case table `\(caseTable.prefix(64))` is declared")
+            throw ExchangeService.unknownCaseTable(snapshot.policySet, caller: caller)
         }
         guard table.isMember(caller, on: ExchangeService.today) else {
             throw KetenpoortError(.forbidden, "only members of `\(caseTable)` register consents for it")
@@ -628,19 +631,43 @@ final class ExchangeService: Sendable {
         guard let grantor = json["grantor"] else { throw KetenpoortError(.invalidRequest, "`grantor` is required: {capacity, bsn}") }
         try ExchangeService.only(grantor, ["capacity", "bsn"], at: "grantor")
         let capacity = try ExchangeService.text(grantor["capacity"], "grantor.capacity")!
+        // The registry refuses what can never be valid, saying why (exchanges.md).
+        if capacity == "parent_without_custody" {
+            throw KetenpoortError(
+                .invalidRequest, "a parent without custody cannot consent (`grantor.capacity`); for a child under 12 or not competent, every parent with custody consents (`parent_with_custody`)")
+        }
         guard ExchangeService.capacities.contains(capacity) else {
             throw KetenpoortError(.invalidRequest, "`grantor.capacity` must be one of \(ExchangeService.capacities.sorted().joined(separator: ", "))")
         }
+        // Checked before anything else about the grantor, so a malformed one is never compared
+        // or stored (and never echoed: `invalid_bsn`).
+        let grantorBSN = try grantor["bsn"].map { try ExchangeService.bsn($0, "grantor.bsn") }
         // Who may consent (domain.md): the person from 12 when competent; below 12 or not
-        // competent, every parent with custody (each registers their own consent).
+        // competent, every parent with custody (each registers their own consent); a guardian
+        // in the parents' place; a representative for an adult who cannot decide.
         if capacity == "self" && (age < 12 || !competent) {
             throw KetenpoortError(.invalidRequest, "a person under 12 or not competent cannot consent; every parent with custody consents instead")
+        }
+        if capacity == "self", let grantorBSN, grantorBSN != subjectBSN {
+            throw KetenpoortError(.invalidRequest, "a `self` consent is the subject's own: `grantor.bsn`, when given, is the subject's BSN; someone consenting for the subject gives their own capacity")
+        }
+        if capacity == "parent_with_custody" && age >= 18 {
+            throw KetenpoortError(
+                .invalidRequest, "parents do not hold custody of an adult (18 or over): a competent adult consents themself (`self`), a representative for an adult who cannot decide")
         }
         if capacity == "parent_with_custody" && age >= 12 && competent {
             throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; parents neither co-consent nor veto")
         }
         if capacity == "representative" && age < 18 {
             throw KetenpoortError(.invalidRequest, "a representative consents for an adult who cannot decide; for a minor, the parents with custody or a guardian do")
+        }
+        if capacity == "representative" && competent {
+            throw KetenpoortError(
+                .invalidRequest, "a representative consents only for an adult who is not competent (`subject.competent`: false); a competent adult consents themself (`self`)")
+        }
+        if capacity != "self", let grantorBSN, grantorBSN == subjectBSN {
+            throw KetenpoortError(
+                .invalidRequest, "`grantor.bsn` is the subject's own BSN: a \(capacity) consents for someone else; a person consenting for themself is `self`")
         }
         var grantorRef: String?
         if capacity == "guardian" {
@@ -649,30 +676,41 @@ final class ExchangeService: Sendable {
             guard caller.kind == "certified_institution" else {
                 throw KetenpoortError(.forbidden, "a guardian's consent is registered by the certified institution acting as guardian itself")
             }
+            guard age < 18 else {
+                throw KetenpoortError(.invalidRequest, "a guardian (voogd) acts for a minor; for an adult who cannot decide, a representative consents")
+            }
             guard age < 12 || !competent else {
                 throw KetenpoortError(.invalidRequest, "from 12, a competent young person consents alone; a guardian does not consent for them")
             }
-            guard grantor["bsn"] == nil else {
+            guard grantorBSN == nil else {
                 throw KetenpoortError(.invalidRequest, "`grantor.bsn` does not belong to a guardian's consent: the registering institution is the grantor")
             }
             grantorRef = caller.id
         } else if capacity != "self" {
-            guard grantor["bsn"] != nil || capacity == "representative" else {
+            guard grantorBSN != nil || capacity == "representative" else {
                 throw KetenpoortError(.invalidRequest, "`grantor.bsn` is required for a \(capacity)")
             }
-            if grantor["bsn"] != nil { grantorRef = try logRef(try ExchangeService.bsn(grantor["bsn"], "grantor.bsn")) }
+            if let grantorBSN { grantorRef = try logRef(grantorBSN) }
         }
         let purposes = try ExchangeService.texts(json["purposes"], "purposes")
-        for p in purposes where table.purposes[p] == nil {
-            throw KetenpoortError(.invalidRequest, "`purposes`: `\(p.prefix(64))` is not a purpose of `\(caseTable)`")
+        for (i, p) in purposes.enumerated() where table.purposes[p] == nil {
+            throw KetenpoortError(
+                .invalidRequest, "`purposes[\(i)]` is not a purpose of `\(caseTable)`; its purposes: \(table.purposes.keys.sorted().joined(separator: ", "))")
         }
+        // Recipients are stored and logged as given (the entry is immutable): only partner ids
+        // and `kind:<kind>` with a kind of domain.md, never free text.
         let recipients = try ExchangeService.texts(json["recipients"], "recipients")
-        for r in recipients where snapshot.registry.partner(id: r) == nil && !(r.hasPrefix("kind:")) {
-            throw KetenpoortError(.invalidRequest, "`recipients`: `\(r.prefix(64))` is not a partner (or `kind:<kind>`)")
+        for (i, r) in recipients.enumerated() {
+            let known = r.hasPrefix("kind:") ? partnerKinds.contains(String(r.dropFirst(5))) : snapshot.registry.partner(id: r) != nil
+            guard known else {
+                throw KetenpoortError(
+                    .invalidRequest,
+                    "`recipients[\(i)]` must be a partner id of partners.yaml or `kind:<kind>` with one of the kinds \(partnerKinds.sorted().joined(separator: ", "))")
+            }
         }
         let categories = try ExchangeService.texts(json["categories"], "categories")
-        for c in categories where Vocabulary.fields[c] == nil {
-            throw KetenpoortError(.invalidRequest, "`categories`: `\(c.prefix(64))` is not a data category")
+        for (i, c) in categories.enumerated() where Vocabulary.fields[c] == nil {
+            throw KetenpoortError(.invalidRequest, "`categories[\(i)]` is not a data category; the categories: \(Vocabulary.fields.keys.sorted().joined(separator: ", "))")
         }
         let validFrom = try ExchangeService.date(json["validFrom"], "validFrom")
         let validUntil = try ExchangeService.date(json["validUntil"], "validUntil")
@@ -702,7 +740,7 @@ final class ExchangeService: Sendable {
 
     func withdrawConsent(_ id: String, caller: Partner) async throws -> GatewayResponse {
         guard let consent = try repository.consent(id: id), consent.registeredBy == caller.id else {
-            throw KetenpoortError(.notFound, "no consent `\(id.prefix(64))` registered by you")
+            throw KetenpoortError(.notFound, "no consent with this id registered by you")
         }
         let withdrawnBefore = GatewayResponse.json(["consentId": .string(id), "status": "withdrawn"], route: "/v1/consents/{id}/withdraw")
         if consent.status == "withdrawn" { return withdrawnBefore }
@@ -713,7 +751,7 @@ final class ExchangeService: Sendable {
         // another instance) gets the answer of a repeated withdrawal.
         record.precondition = Precondition(
             "UPDATE consents SET status = 'withdrawn' WHERE id = ? AND status <> 'withdrawn'", [.text(id)],
-            otherwise: KetenpoortError(.conflict, "consent `\(id.prefix(64))` was withdrawn meanwhile"))
+            otherwise: KetenpoortError(.conflict, "the consent was withdrawn meanwhile"))
         record.sideWrites.append(
             SideWrite("INSERT INTO consent_history (consent_id, status, by_partner, log_sequence) VALUES (?, 'withdrawn', ?, ?)", [.text(id), .text(caller.id), .sequence]))
         let sequence: Int64
@@ -744,7 +782,7 @@ final class ExchangeService: Sendable {
         try ExchangeService.only(json, ["caseTable", "type", "subject", "active", "institution", "open", "from", "holders", "closed"], at: "")
         let caseTable = try ExchangeService.text(json["caseTable"], "caseTable")!
         guard let table = state.snapshot.policySet.tables[caseTable] else {
-            throw KetenpoortError(.invalidRequest, "`caseTable`: no case table `\(caseTable.prefix(64))` is declared")
+            throw ExchangeService.unknownCaseTable(state.snapshot.policySet, caller: caller)
         }
         let type = try ExchangeService.text(json["type"], "type")!
         guard let spec = ExchangeService.factTypes[type] else {
@@ -753,7 +791,8 @@ final class ExchangeService: Sendable {
         guard spec.kinds.contains(caller.kind), table.isMember(caller, on: ExchangeService.today) else {
             throw KetenpoortError(.forbidden, "a \(caller.kind) may not register `\(type)` facts for `\(caseTable)`")
         }
-        let subject = try logRef(try ExchangeService.bsn(json["subject"], "subject"))
+        let subjectBSN = try ExchangeService.bsn(json["subject"], "subject")
+        let subject = try logRef(subjectBSN)
         for (key, _) in json.objectValue ?? [] where !["caseTable", "type", "subject"].contains(key) && !spec.members.contains(key) {
             throw KetenpoortError(.invalidRequest, "`\(key)` does not belong to a `\(type)` fact; expected \(spec.members.sorted().joined(separator: ", "))")
         }
@@ -774,7 +813,11 @@ final class ExchangeService: Sendable {
             value.append(("open", .bool(open)))
         case "keep-apart":
             guard let items = json["from"]?.arrayValue, !items.isEmpty else { throw KetenpoortError(.invalidRequest, "`from` must list the BSNs the subject is kept from") }
-            value.append(("from", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "from[\($0)]"))) })))
+            let from = try items.enumerated().map { try ExchangeService.bsn($1, "from[\($0)]") }
+            if let i = from.firstIndex(of: subjectBSN) {
+                throw KetenpoortError(.invalidRequest, "`from[\(i)]` is the subject: a person is kept apart from others, not from themself")
+            }
+            value.append(("from", .array(try from.map { .string(try logRef($0)) })))
         case "guardianship":
             let institution = try ExchangeService.text(json["institution"], "institution")!
             guard state.snapshot.registry.partner(id: institution)?.kind == "certified_institution" else {
@@ -782,8 +825,15 @@ final class ExchangeService: Sendable {
             }
             value.append(("institution", .string(institution)))
         case "custody":
-            guard let items = json["holders"]?.arrayValue, items.count <= 4 else { throw KetenpoortError(.invalidRequest, "`holders` must list the BSNs of the parents with custody") }
-            value.append(("holders", .array(try items.enumerated().map { .string(try logRef(try ExchangeService.bsn($1, "holders[\($0)]"))) })))
+            // Nobody holding custody would leave a child under 12 without anyone who may consent.
+            guard let items = json["holders"]?.arrayValue, (1...4).contains(items.count) else {
+                throw KetenpoortError(.invalidRequest, "`holders` must list the BSNs of the parents with custody: 1 to 4")
+            }
+            let holders = try items.enumerated().map { try ExchangeService.bsn($1, "holders[\($0)]") }
+            if let i = holders.firstIndex(of: subjectBSN) {
+                throw KetenpoortError(.invalidRequest, "`holders[\(i)]` is the subject: custody is held by a parent, not by the person themself")
+            }
+            value.append(("holders", .array(try holders.map { .string(try logRef($0)) })))
         default:
             guard let closed = json["closed"]?.boolValue else { throw KetenpoortError(.invalidRequest, "`closed` (true or false) is required") }
             value.append(("closed", .bool(closed)))
@@ -798,6 +848,14 @@ final class ExchangeService: Sendable {
                 [.text(caseTable), .text(subject), .text(type), .text(factValue.serialized()), .text(caller.id), .sequence]))
         let sequence = try await audit.record(record)
         return .json(["type": .string(type), "logSequence": .number(Double(sequence))], status: .created, route: "/v1/facts")
+    }
+
+    /// The refusal of a case table the policies do not declare: it names the tables the caller
+    /// is a member of, never the value sent (it may be anything, a BSN included).
+    static func unknownCaseTable(_ policySet: PolicySet, caller: Partner) -> KetenpoortError {
+        let yours = policySet.tables.values.filter { $0.isMember(caller, on: today) }.map(\.id).sorted()
+        return KetenpoortError(
+            .invalidRequest, "`caseTable` is not a case table of the policies; yours: \(yours.isEmpty ? "none" : yours.joined(separator: ", "))")
     }
 
     // MARK: inbox

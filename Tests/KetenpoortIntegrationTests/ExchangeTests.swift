@@ -236,6 +236,183 @@ struct ExchangeTests {
         await team.close()
     }
 
+    /// A consent registration body for `subject` (the child unless given) with any grantor.
+    static func consentBody(
+        subject: String = child, age: Int, competent: Bool? = nil, capacity: String, grantorBSN: String?, recipients: String = #"["veilig-thuis-zhz"]"#,
+        purposes: String = #"["meldcode-report"]"#, categories: String = #"["identity", "health"]"#, caseTable: String = "mda-zhz"
+    ) -> String {
+        let competence = competent.map { ", \"competent\": \($0)" } ?? ""
+        let grantor = grantorBSN.map { ", \"bsn\": \"\($0)\"" } ?? ""
+        return """
+            {"caseTable": "\(caseTable)", "subject": {"bsn": "\(subject)", "age": \(age)\(competence)},
+             "grantor": {"capacity": "\(capacity)"\(grantor)},
+             "purposes": \(purposes), "recipients": \(recipients), "categories": \(categories)}
+            """
+    }
+
+    @Test("a consent counts only for exchanges of the partner that registered it (it lifts that partner's secrecy); a guardian's own consent counts for the table")
+    func consentOfAnotherPartner() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let dordrecht = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let gorinchemCert = PKIFixture.partner("wijkteam-gorinchem")
+        let gorinchem = try await TestHTTPSClient.connect(port: gateway.port, cert: gorinchemCert.cert, key: gorinchemCert.key)
+        let ids = try await consentOfBothParents(dordrecht)
+
+        // Gorinchem cites the consents Dordrecht obtained: denied, and the reason says why.
+        let borrowed = try await post(gorinchem, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(borrowed.status == 403 && borrowed.json?["code"]?.stringValue == "exchange_denied", "\(borrowed.body)")
+        let explanations = (borrowed.json?["reasons"]?.arrayValue ?? []).compactMap { $0["explanation"]?.stringValue }.joined(separator: " | ")
+        #expect(explanations.contains("registered by another partner"), "\(explanations)")
+        for bsn in [Self.child, Self.mother, Self.father] { #expect(!borrowed.body.contains(bsn)) }
+        // It cannot withdraw them either, and Dordrecht itself still relies on them.
+        #expect(try await gorinchem.request("/v1/consents/\(ids[0])/withdraw", method: .POST).status == 404)
+        let own = try await post(dordrecht, "/v1/exchanges", Self.exchangeBody(consents: ids))
+        #expect(own.status == 201, "\(own.body)")
+        // Mixing a consent of its own with one of another partner does not help either.
+        let ownOfMother = try await post(gorinchem, "/v1/consents", Self.consentBody(grantor: Self.mother))
+        #expect(ownOfMother.status == 201, "\(ownOfMother.body)")
+        let mixed = try await post(gorinchem, "/v1/exchanges", Self.exchangeBody(consents: [try #require(ownOfMother.json?["consentId"]?.stringValue), ids[1]]))
+        #expect(mixed.status == 403, "\(mixed.body)")
+
+        // The guardian's own consent (registered by the institution acting as guardian) is the
+        // guardian's declaration, not something a team obtained: it counts for every team.
+        let institution = PKIFixture.partner("jeugdbescherming-west")
+        let gi = try await TestHTTPSClient.connect(port: gateway.port, cert: institution.cert, key: institution.key)
+        let fact = try await post(gi, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "guardianship", "subject": "\#(Self.child)", "institution": "jeugdbescherming-west"}"#)
+        #expect(fact.status == 201, "\(fact.body)")
+        let guardian = try await post(gi, "/v1/consents", Self.consentBody(age: 9, capacity: "guardian", grantorBSN: nil))
+        #expect(guardian.status == 201, "\(guardian.body)")
+        let guardianID = try #require(guardian.json?["consentId"]?.stringValue)
+        for client in [dordrecht, gorinchem] {
+            let sent = try await post(client, "/v1/exchanges", Self.exchangeBody(consents: [guardianID]))
+            #expect(sent.status == 201, "\(sent.body)")
+        }
+        for client in [dordrecht, gorinchem, gi] { await client.close() }
+    }
+
+    @Test("the consent registry refuses consents that can never be valid (422, saying why, never echoing a BSN)")
+    func impossibleConsents() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let adult = "999990044"  // test range, 11-check
+        let cases: [(String, String, String, String)] = [
+            // (what, body, expected code, a word the detail must hold)
+            ("a parent without custody", Self.consentBody(age: 9, capacity: "parent_without_custody", grantorBSN: Self.father), "invalid_request", "without custody"),
+            ("a representative for a competent adult", Self.consentBody(subject: adult, age: 40, capacity: "representative", grantorBSN: Self.mother), "invalid_request", "competent"),
+            ("a parent with custody for an adult who cannot decide", Self.consentBody(subject: adult, age: 19, competent: false, capacity: "parent_with_custody", grantorBSN: Self.mother), "invalid_request", "adult"),
+            ("a guardian for an adult", Self.consentBody(subject: adult, age: 19, competent: false, capacity: "guardian", grantorBSN: nil), "invalid_request", "adult"),
+            ("a parent who is the child", Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: Self.child), "invalid_request", "subject"),
+            ("a representative who is the adult", Self.consentBody(subject: adult, age: 40, competent: false, capacity: "representative", grantorBSN: adult), "invalid_request", "subject"),
+            ("a self consent naming someone else", Self.consentBody(subject: adult, age: 40, capacity: "self", grantorBSN: Self.mother), "invalid_request", "subject"),
+            ("a grantor BSN of five digits", Self.consentBody(subject: adult, age: 40, capacity: "self", grantorBSN: "12345"), "invalid_bsn", "grantor.bsn"),
+            ("a grantor BSN failing the 11-check", Self.consentBody(subject: adult, age: 40, capacity: "self", grantorBSN: "999990018"), "invalid_bsn", "grantor.bsn"),
+            ("a parent's BSN failing the 11-check", Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: "999990018"), "invalid_bsn", "grantor.bsn"),
+        ]
+        let institution = PKIFixture.partner("jeugdbescherming-west")
+        let gi = try await TestHTTPSClient.connect(port: gateway.port, cert: institution.cert, key: institution.key)
+        for (what, body, expected, word) in cases {
+            let r = try await post(body.contains("\"guardian\"") ? gi : team, "/v1/consents", body)
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == expected, "\(what): \(r.status) \(r.body)")
+            #expect(r.json?["detail"]?.stringValue?.contains(word) == true, "\(what): \(r.body)")
+            for bsn in [Self.child, Self.mother, Self.father, adult, "12345", "999990018"] { #expect(!r.body.contains(bsn), "\(what) echoes a BSN: \(r.body)") }
+        }
+        // What may be valid still is: a representative for an adult who cannot decide, a
+        // competent adult's own consent (with or without the grantor's BSN, which is theirs).
+        for body in [
+            Self.consentBody(subject: adult, age: 40, competent: false, capacity: "representative", grantorBSN: Self.mother),
+            Self.consentBody(subject: adult, age: 40, capacity: "self", grantorBSN: nil),
+            Self.consentBody(subject: adult, age: 40, capacity: "self", grantorBSN: adult),
+            Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: Self.mother),
+        ] {
+            let r = try await post(team, "/v1/consents", body)
+            #expect(r.status == 201, "\(body): \(r.body)")
+        }
+        await team.close()
+        await gi.close()
+    }
+
+    @Test("consent recipients are partner ids or `kind:<kind>` with a kind of partners.yaml; anything else is refused before it is logged, never echoed")
+    func consentRecipients() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        for recipients in [#"["kind:Piet Hein 999990123"]"#, #"["kind:"]"#, #"["kind:veilig thuis"]"#, #"["veilig-thuis-zhz", "Piet Hein 999990123"]"#] {
+            let r = try await post(team, "/v1/consents", Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: Self.mother, recipients: recipients))
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(recipients): \(r.body)")
+            #expect(r.json?["detail"]?.stringValue?.contains("veilig_thuis") == true, "the detail lists the kinds: \(r.body)")
+            #expect(!r.body.contains("Piet") && !r.body.contains("999990123") && !r.body.contains("veilig thuis"), "\(r.body)")
+        }
+        for recipients in [#"["kind:veilig_thuis"]"#, #"["veilig-thuis-zhz", "kind:child_protection_board"]"#] {
+            let r = try await post(team, "/v1/consents", Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: Self.mother, recipients: recipients))
+            #expect(r.status == 201, "\(recipients): \(r.body)")
+        }
+        await team.close()
+        #expect(gateway.stop() == 0)
+        // Nothing of the refused values reached the log or the database.
+        let export = try ketenpoort(["log", "export", "--db", gateway.directory + "/ketenpoort.db"])
+        #expect(!export.stdout.contains("Piet") && !export.stdout.contains("999990123"))
+        #expect(export.stdout.contains("kind:veilig_thuis"))
+        for suffix in ["", "-wal", "-shm"] {
+            guard let data = FileManager.default.contents(atPath: gateway.directory + "/ketenpoort.db" + suffix) else { continue }
+            #expect(data.range(of: Data("Piet Hein".utf8)) == nil, "in ketenpoort.db\(suffix)")
+        }
+    }
+
+    @Test("facts that can never be right are refused: custody without holders or held by the child, keep-apart from oneself (422, no BSN echoed)")
+    func impossibleFacts() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let vtClient = try await TestHTTPSClient.connect(port: gateway.port, cert: vt.cert, key: vt.key)
+        let five = [Self.mother, Self.father, "999990044", "999990056", "999990068"].map { "\"\($0)\"" }.joined(separator: ", ")
+        let cases: [(TestHTTPSClient, String, String)] = [
+            (team, "custody without holders", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": []}"#),
+            (team, "custody with five holders", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": [\#(five)]}"#),
+            (team, "custody held by the child", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)", "\#(Self.child)"]}"#),
+            (vtClient, "kept apart from oneself", #"{"caseTable": "mda-zhz", "type": "keep-apart", "subject": "\#(Self.child)", "from": ["\#(Self.father)", "\#(Self.child)"]}"#),
+        ]
+        for (client, what, body) in cases {
+            let r = try await post(client, "/v1/facts", body)
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(what): \(r.status) \(r.body)")
+            for bsn in [Self.child, Self.mother, Self.father] { #expect(!r.body.contains(bsn), "\(what): \(r.body)") }
+        }
+        #expect(try await post(team, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)"]}"#).status == 201)
+        #expect(try await post(vtClient, "/v1/facts", #"{"caseTable": "mda-zhz", "type": "keep-apart", "subject": "\#(Self.child)", "from": ["\#(Self.father)"]}"#).status == 201)
+        await team.close()
+        await vtClient.close()
+    }
+
+    @Test("refusals of consents, facts and withdrawals say what is wrong and what is valid, never repeating the caller's values")
+    func refusalsDoNotEcho() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let name = "Jan Jansen"
+        let consent = { (caseTable: String, purposes: String, categories: String) in
+            Self.consentBody(age: 9, capacity: "parent_with_custody", grantorBSN: Self.mother, purposes: purposes, categories: categories, caseTable: caseTable)
+        }
+        let cases: [(String, String, String, String)] = [
+            // (path, body, secret, a valid value the detail should list)
+            ("/v1/consents", consent(Self.father, #"["meldcode-report"]"#, #"["identity"]"#), Self.father, "mda-zhz"),
+            ("/v1/consents", consent("mda-zhz", #"["meldcode-report", "\#(name)"]"#, #"["identity"]"#), name, "meldcode-report"),
+            ("/v1/consents", consent("mda-zhz", #"["meldcode-report"]"#, #"["identity", "\#(name)"]"#), name, "health"),
+            ("/v1/facts", #"{"caseTable": "\#(Self.father)", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)"]}"#, Self.father, "mda-zhz"),
+            ("/v1/facts", #"{"caseTable": "mda-zhz", "type": "\#(name)", "subject": "\#(Self.child)"}"#, name, "custody"),
+        ]
+        for (path, body, secret, valid) in cases {
+            let r = try await post(team, path, body)
+            #expect(r.status == 422 && r.json?["code"]?.stringValue == "invalid_request", "\(path): \(r.status) \(r.body)")
+            #expect(!r.body.contains(secret), "\(path) echoes the caller's value: \(r.body)")
+            #expect(r.json?["detail"]?.stringValue?.contains(valid) == true, "\(path): the detail lists the valid values: \(r.body)")
+        }
+        let withdraw = try await team.request("/v1/consents/piet-hein-999990123/withdraw", method: .POST)
+        #expect(withdraw.status == 404, "\(withdraw.body)")
+        #expect(!withdraw.body.contains("piet-hein") && !withdraw.body.contains("999990123"), "\(withdraw.body)")
+        await team.close()
+    }
+
     @Test("Idempotency-Key: a stale claim (its instance died mid-request) is taken over by the same body only; another body gets 409")
     func staleIdempotencyClaim() async throws {
         let gateway = try GatewayProcess()

@@ -63,7 +63,7 @@ func randomRequests(count: Int, seed: UInt64) -> [DecisionRequest] {
         let purpose = onRoute ? routePick.1.purposes.randomElement(using: &rng)! : allPurposes.randomElement(using: &rng)!
         let grantor = ["self", "self", "parent_with_custody", "parent_without_custody", "guardian"].randomElement(using: &rng)!
         facts.consents = [
-            ConsentFact(id: "c\(i)", subject: "s", grantor: grantor, grantorRef: "mother", purposes: [purpose], recipients: [recipient],
+            ConsentFact(id: "c\(i)", subject: "s", grantor: grantor, grantorRef: "mother", registeredBy: sender, purposes: [purpose], recipients: [recipient],
                         categories: Set(fields.map { String($0.split(separator: ".")[0]) }), withdrawn: Int.random(in: 0..<5, using: &rng) == 0)
         ]
         requests.append(
@@ -145,6 +145,45 @@ struct EvaluatorPropertyTests {
                 #expect(request.facts.supervisionOrderActive && request.facts.supervisionOrderInstitution == recipient.id)
             }
         }
+    }
+
+    @Test("a consent registered by another partner than the sender never permits (unless it is a guardian's own consent)")
+    func consentOfAnotherPartner() {
+        var permitsBefore = 0
+        for var request in Self.requests {
+            guard case .consent = request.basis else { continue }
+            if exampleRegion.evaluate(request).isPermit { permitsBefore += 1 }
+            request.facts.consents = request.facts.consents.map { c in
+                var other = c
+                other.registeredBy = "another-partner"
+                return other
+            }
+            let decision = exampleRegion.evaluate(request)
+            #expect(!decision.isPermit, "\(request.sender) relied on another partner's consent")
+            // The guardian's own consent (grantor and registrar the same institution) still counts.
+            request.facts.consents = request.facts.consents.map { c in
+                var own = c
+                own.grantor = "guardian"
+                own.grantorRef = "jeugdbescherming-west"
+                own.registeredBy = "jeugdbescherming-west"
+                return own
+            }
+            request.subjects = request.subjects.map { s in
+                var child = s
+                child.guardian = "jeugdbescherming-west"
+                child.competent = false
+                return child
+            }
+            var senderRegistered = request
+            senderRegistered.facts.consents = senderRegistered.facts.consents.map { c in
+                var own = c
+                own.registeredBy = request.sender
+                return own
+            }
+            // The same as if the sender had registered it (the guardian's consent is not bound to a sender).
+            #expect(exampleRegion.evaluate(request).isPermit == exampleRegion.evaluate(senderRegistered).isPermit)
+        }
+        #expect(permitsBefore > 0, "the property is not vacuous")
     }
 
     @Test("every permit carries the policy version and a deciding route")
