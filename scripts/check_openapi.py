@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks openapi.yaml against the server's code (part of `make test`): the document parses,
 every $ref resolves, every route the server answers is described, every problem code the server
-can send is in the Problem schema's enum, and the exchange request schema accepts the contract's
-example and refuses an unknown member, and its `data` lists the field catalogue and refuses other
-names (the server does the same; see ExchangeTests), and the consent recipients `kind:<kind>`
-are the partner kinds of the registry."""
+can send is in the Problem schema's enum, every operation describes the HTTP answers any route
+can give (400, 403, 405 with Allow, 408, 413, 417, 431; 415 where the server reads a JSON body),
+the exchange request schema accepts the contract's example and refuses an unknown member, and
+its `data` lists the field catalogue and refuses other names (the server does the same; see
+ExchangeTests), and the consent recipients `kind:<kind>` are the partner kinds of the registry."""
 import glob, json, os, re, sys
 import jsonschema, yaml
 
@@ -57,6 +58,26 @@ names.update(dict(re.findall(r'static let (\w+) = KetenpoortError\.Code\("([a-z_
 for name in sorted(mapped):
     if name in names and names[name] not in codes:
         failed.append(f"problem code {names[name]} can be sent but is not in the Problem enum")
+
+# HTTP answers every route can give (the connection handler and the identification run before
+# any route's own code), and 415 wherever a JSON body is read.
+operations = lambda: ((path, method, op) for path, ops in doc["paths"].items() for method, op in ops.items() if method != "servers")
+operations_listener = {"/health", "/health/live", "/metrics"}
+json_routes = set(re.findall(r'"([^"]+)"', re.search(r"jsonBodyRoutes: Set<String> = \[([^\]]*)\]", sources).group(1)))
+for path, method, op in operations():
+    codes_here = set(op.get("responses", {}))
+    needed = {"400"} if path in operations_listener else {"400", "403", "405", "408", "413", "417", "431"}
+    if "requestBody" in op:
+        needed.add("415")
+    for status in sorted(needed - codes_here):
+        failed.append(f"{method.upper()} {path} does not describe {status}, which it can answer")
+    if "405" in codes_here:
+        answer = op["responses"]["405"]
+        answer = resolve(answer["$ref"]) if "$ref" in answer else answer
+        if "Allow" not in answer.get("headers", {}):
+            failed.append(f"{method.upper()} {path}: 405 without the Allow header")
+    if method == "post" and ("requestBody" in op) != (path in json_routes):
+        failed.append(f"POST {path}: the server {'reads' if path in json_routes else 'does not read'} a JSON body, openapi.yaml says otherwise")
 
 # The exchange request schema: the contract's example passes, an unknown member does not.
 schema = dict(doc["components"]["schemas"]["ExchangeRequest"])

@@ -44,6 +44,8 @@ public struct KetenpoortError: Error, Sendable, CustomStringConvertible, Hashabl
         public static let methodNotAllowed = Code("method_not_allowed")
         public static let requestTimeout = Code("request_timeout")
         public static let headersTooLarge = Code("headers_too_large")
+        /// An `Expect` the server cannot meet (anything but `100-continue`): 417.
+        public static let expectationFailed = Code("expectation_failed")
         public static let serviceUnavailable = Code("service_unavailable")
         public static let internalError = Code("internal_error")
     }

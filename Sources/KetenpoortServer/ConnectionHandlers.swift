@@ -135,10 +135,14 @@ public protocol GatewayResponder: Sendable {
     func respondImmediately(to request: GatewayRequest) -> GatewayResponse?
     /// Everything else (storage, fsync) completes a future.
     func respond(to request: GatewayRequest, on eventLoop: EventLoop) -> EventLoopFuture<GatewayResponse>
+    /// The refusal that the request head alone decides (the request has no body yet), or `nil`
+    /// to read the body: asked before `100 Continue` is sent for `Expect: 100-continue`.
+    func refusal(forHead request: GatewayRequest) -> GatewayResponse?
 }
 
 extension GatewayResponder {
     public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? { nil }
+    public func refusal(forHead request: GatewayRequest) -> GatewayResponse? { nil }
 }
 
 /// Assembles requests within the limits, hands them to the responder and writes the answers.
@@ -165,6 +169,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
     private var peerCertificate: CertificateInfo?
     private var closeAfterResponse = false
     private var responseStarted = false
+    /// The request being answered is a HEAD: it is handled as GET and answered without the body
+    /// (RFC 9110 §9.3.2); a body would be read as the next response on a keep-alive connection.
+    private var answeringHead = false
     // The last request counter used, so a keep-alive connection asks the registry once.
     private var lastRoute = ""
     private var lastStatus: UInt = 0
@@ -260,20 +267,23 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
 
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
-        case .head(let head):
+        case .head(var head):
             clock.headReceived()
             responseStarted = false
+            answeringHead = head.method == .HEAD
+            if answeringHead { head.method = .GET }
             if !head.isKeepAlive { closeAfterResponse = true }
             // After a protocol upgrade or CONNECT the HTTP parser stops: nothing more on this
             // connection would be read as a request. Answer this one, then close.
             if head.method == .CONNECT || head.headers.contains(name: "upgrade") { closeAfterResponse = true }
-            if let refusal = refusal(for: head) {
+            if let refusal = refusal(for: head) ?? expectationRefusal(for: head) {
                 state = .discarding
                 closeAfterResponse = true
                 write(context: context, refusal)
                 return
             }
             state = .receiving(head, nil)
+            if expectsContinue(head) { sendContinue(context: context) }
         case .body(var chunk):
             guard case .receiving(let head, var body) = state else { return }
             let received = (body?.readableBytes ?? 0) + chunk.readableBytes
@@ -330,10 +340,64 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
                 .requestHeaderFieldsTooLarge, code: .headersTooLarge, title: "Request header fields too large",
                 detail: "the request header is larger than \(limits.maxHeaderBytes) bytes", route: "limits")
         }
+        if let missing = GatewayHTTPHandler.hostRefusal(for: head) { return missing }
         if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > limits.maxBodyBytes {
             return tooLarge()
         }
         return nil
+    }
+
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with more than one, gets 400
+    /// (HTTP/1.0 needs none, but may not have two).
+    static func hostRefusal(for head: HTTPRequestHead) -> GatewayResponse? {
+        let hosts = head.headers["host"].count
+        let required = head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1)
+        guard hosts > 1 || (required && hosts == 0) else { return nil }
+        return GatewayResponse.problem(
+            .badRequest, code: .invalidRequest, title: "Bad request",
+            detail: hosts == 0 ? "an HTTP/1.1 request must have a Host header" : "a request must have exactly one Host header, not \(hosts)",
+            route: "malformed")
+    }
+
+    /// The members of the request's `Expect` (RFC 9110 §10.1.1), lowercased; an HTTP/1.0
+    /// request's are ignored (a 1.0 client cannot read a 100).
+    private func expectations(_ head: HTTPRequestHead) -> [String] {
+        guard head.headers.contains(name: "expect"), head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1) else { return [] }
+        return head.headers["expect"].flatMap { $0.split(separator: ",") }
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            .filter { !$0.isEmpty }
+    }
+
+    /// 417 for an expectation other than `100-continue`; for `100-continue`, what the responder
+    /// refuses on the head alone (identity, route and method, media type): that final answer is
+    /// sent instead of `100 Continue` and the connection closes (the client may or may not send
+    /// the body it announced, so nothing after it could be read as a request).
+    private func expectationRefusal(for head: HTTPRequestHead) -> GatewayResponse? {
+        let expected = expectations(head)
+        if expected.isEmpty { return nil }
+        if expected.contains(where: { $0 != "100-continue" }) {
+            return GatewayResponse.problem(
+                .expectationFailed, code: .expectationFailed, title: "Expectation failed",
+                detail: "the only expectation supported is 100-continue", route: "malformed")
+        }
+        let request = GatewayRequest(method: head.method, uri: head.uri, headers: head.headers, body: nil, peerCertificate: peerCertificate)
+        return responder.refusal(forHead: request)
+    }
+
+    /// Whether `100 Continue` is owed: the request expects it and announces a body.
+    private func expectsContinue(_ head: HTTPRequestHead) -> Bool {
+        guard expectations(head).contains("100-continue") else { return false }
+        if head.headers.contains(name: "transfer-encoding") { return true }
+        return head.headers.first(name: "content-length").flatMap { Int($0) }.map { $0 > 0 } ?? false
+    }
+
+    /// The interim `100 Continue`: the head passed, send the body. Not the response (a 408 or
+    /// the final answer still follows).
+    private func sendContinue(context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 25)
+        buffer.writeString("HTTP/1.1 100 Continue\r\n\r\n")
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
     private func tooLarge() -> GatewayResponse {
@@ -356,7 +420,9 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
             lastStatus = status
         }
         let bytes: [UInt8]
-        if let wire = response.wire, !closeAfterResponse {
+        if answeringHead {
+            bytes = response.serialize(close: closeAfterResponse, body: false)
+        } else if let wire = response.wire, !closeAfterResponse {
             bytes = wire
         } else {
             bytes = response.serialize(close: closeAfterResponse)
@@ -400,6 +466,8 @@ final class GatewayHTTPHandler: ChannelInboundHandler {
             return
         }
         if error is HTTPParserError, context.channel.isActive, !responseStarted || isIdle || isAwaitingWritability {
+            // Bytes after an answered request are a new request, not known to be a HEAD.
+            if isIdle || isAwaitingWritability { answeringHead = false }
             closeAfterResponse = true
             state = .discarding
             write(

@@ -88,11 +88,7 @@ final class ExchangeService: Sendable {
     static let jsonLimits = JSONParser.Limits(maxDepth: 12, maxStringBytes: 64 * 1024, maxMembers: 2_000)
 
     func body(_ request: GatewayRequest) throws -> (JSONValue, [UInt8]) {
-        guard let type = request.headers.first(name: "content-type")?.lowercased(),
-            type == "application/json" || type.hasPrefix("application/json;")
-        else {
-            throw KetenpoortError(.unsupportedMediaType, "send the body as application/json")
-        }
+        if let refusal = request.jsonBodyRefusal { throw KetenpoortError(.unsupportedMediaType, refusal) }
         let bytes = request.body.map { Array($0.readableBytesView) } ?? []
         do {
             return (try JSONParser.parse(bytes: bytes, limits: ExchangeService.jsonLimits), bytes)

@@ -85,49 +85,86 @@ public struct GatewayApplication: GatewayResponder {
         path == "/console" || path.hasPrefix("/console/") || path.hasPrefix("/v1/audit/entries") || path == "/v1/reviews" || path.hasPrefix("/v1/reviews/")
     }
 
-    /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.
-    public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? {
+    /// The routes that read a JSON body (POST): their requests must send UTF-8 JSON, uncoded.
+    static let jsonBodyRoutes: Set<String> = ["/v1/exchanges", "/v1/consents", "/v1/facts", "/v1/reviews/{id}", "/v1/reidentifications"]
+
+    /// What the head of a request decides: who calls, or the answer that refuses it.
+    enum HeadCheck {
+        case accepted(Caller)
+        case refused(GatewayResponse)
+    }
+
+    /// What can be decided from the request head alone, before its body is read: who is calling,
+    /// whether this listener serves the path, the route and its methods (404, 405), and for a
+    /// route that reads a body, its media type and coding (415). The role a route needs (partner
+    /// or officer) is checked with the request.
+    func check(head request: GatewayRequest) -> HeadCheck {
         let caller: Caller
         switch identify(request) {
         case .caller(let c): caller = c
-        case .refused(let response): return response
+        case .refused(let response): return .refused(response)
         }
         if listener != .all, (listener == .officers) != GatewayApplication.isOfficerEndpoint(request.path), request.path != "/v1/whoami" {
-            return GatewayResponse.problem(
-                .notFound, code: .notFound, title: "Not found",
-                detail: listener == .partners ? "officer endpoints are served on the officers' listener" : "this listener serves officer endpoints only",
-                route: "unknown")
+            return .refused(
+                GatewayResponse.problem(
+                    .notFound, code: .notFound, title: "Not found",
+                    detail: listener == .partners ? "officer endpoints are served on the officers' listener" : "this listener serves officer endpoints only",
+                    route: "unknown"))
         }
+        let route: String
         switch (request.method, request.path) {
         case (.GET, "/v1/whoami"):
-            return whoami(caller, snapshot: state.snapshot)
+            return .accepted(caller)
         case (_, "/v1/whoami"):
-            return methodNotAllowed(route: "/v1/whoami", allowed: "GET")
+            return .refused(methodNotAllowed(route: "/v1/whoami", allowed: [.GET]))
         case (.POST, "/v1/reidentifications"):
-            return nil
+            route = "/v1/reidentifications"
         case (_, "/v1/reidentifications"):
-            return methodNotAllowed(route: "/v1/reidentifications", allowed: "POST")
+            return .refused(methodNotAllowed(route: "/v1/reidentifications", allowed: [.POST]))
         case (.GET, let path) where path.hasPrefix("/v1/audit/"):
-            return nil
+            return .accepted(caller)
         case (.GET, let path) where path == "/console" || path.hasPrefix("/console/"):
-            return nil
+            return .accepted(caller)
         case (.POST, let path) where path.hasPrefix("/console/"):
-            return nil
+            // Forms (application/x-www-form-urlencoded), read as they come; a coded body cannot be.
+            if request.hasContent, let refusal = request.contentEncodingRefusal {
+                return .refused(unsupportedMediaType(refusal, route: "/console"))
+            }
+            return .accepted(caller)
         case (_, let path) where path == "/console" || path.hasPrefix("/console/"):
-            return methodNotAllowed(route: "/console", allowed: "GET, POST")
+            return .refused(methodNotAllowed(route: "/console", allowed: [.GET, .POST]))
         case (let method, let path) where ExchangeService.handles(path):
             guard let resource = ExchangeService.resource(path) else {
-                return GatewayResponse.problem(.notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+                return .refused(GatewayResponse.problem(.notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown"))
             }
             if !resource.methods.contains(method) {
-                return methodNotAllowed(route: resource.route, allowed: resource.methods.map(\.rawValue).joined(separator: ", "))
+                return .refused(methodNotAllowed(route: resource.route, allowed: resource.methods))
             }
-            return nil
+            route = resource.route
         case (_, let path) where path.hasPrefix("/v1/audit/"):
-            return methodNotAllowed(route: "/v1/audit", allowed: "GET")
+            return .refused(methodNotAllowed(route: "/v1/audit", allowed: [.GET]))
         default:
-            return GatewayResponse.problem(
-                .notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown")
+            return .refused(GatewayResponse.problem(.notFound, code: .notFound, title: "Not found", detail: "no such resource", route: "unknown"))
+        }
+        if request.method == .POST, GatewayApplication.jsonBodyRoutes.contains(route), let refusal = request.jsonBodyRefusal {
+            return .refused(unsupportedMediaType(refusal, route: route))
+        }
+        return .accepted(caller)
+    }
+
+    public func refusal(forHead request: GatewayRequest) -> GatewayResponse? {
+        if case .refused(let response) = check(head: request) { return response }
+        return nil
+    }
+
+    /// Answers what needs neither the log nor the disk on the event loop; `nil` for the rest.
+    public func respondImmediately(to request: GatewayRequest) -> GatewayResponse? {
+        switch check(head: request) {
+        case .refused(let response):
+            return response
+        case .accepted(let caller):
+            if request.method == .GET, request.path == "/v1/whoami" { return whoami(caller, snapshot: state.snapshot) }
+            return nil
         }
     }
 
@@ -168,9 +205,7 @@ public struct GatewayApplication: GatewayResponder {
         guard case .partner(let partner) = caller else {
             return .problem(.forbidden, code: .forbidden, title: "Forbidden", detail: "only partners re-identify their tokens", route: route)
         }
-        guard request.headers.first(name: "content-type")?.lowercased().hasPrefix("application/json") == true else {
-            return .problem(.unsupportedMediaType, code: .unsupportedMediaType, title: "Unsupported media type", detail: "send application/json", route: route)
-        }
+        if let refusal = request.jsonBodyRefusal { return unsupportedMediaType(refusal, route: route) }
         let body: JSONValue
         do {
             body = try JSONParser.parse(bytes: request.body.map { Array($0.readableBytesView) } ?? [])
@@ -264,11 +299,20 @@ public struct GatewayApplication: GatewayResponder {
         }
     }
 
-    func methodNotAllowed(route: String, allowed: String) -> GatewayResponse {
+    /// 405 with `Allow`: the route's methods, and HEAD wherever GET is (the connection handler
+    /// answers HEAD as GET without the body).
+    func methodNotAllowed(route: String, allowed methods: [HTTPMethod]) -> GatewayResponse {
+        var names = methods.map(\.rawValue)
+        if methods.contains(.GET), !methods.contains(.HEAD), let get = names.firstIndex(of: "GET") { names.insert("HEAD", at: get + 1) }
+        let allowed = names.joined(separator: ", ")
         var response = GatewayResponse.problem(
             .methodNotAllowed, code: .methodNotAllowed, title: "Method not allowed", detail: "use \(allowed)", route: route)
         response.headers.add(name: "allow", value: allowed)
         return response
+    }
+
+    func unsupportedMediaType(_ detail: String, route: String) -> GatewayResponse {
+        .problem(.unsupportedMediaType, code: .unsupportedMediaType, title: "Unsupported media type", detail: detail, route: route)
     }
 }
 

@@ -300,10 +300,17 @@ final class OperationsHandler: ChannelInboundHandler {
             guard let head else { return }
             self.head = nil
             let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
+            // HEAD is answered as GET, without the body (RFC 9110 §9.3.2).
+            let isHead = head.method == .HEAD
+            let method = isHead ? .GET : head.method
             let status: HTTPResponseStatus
             let contentType: String
             let body: [UInt8]
-            switch (head.method, path) {
+            switch (method, path) {
+            case _ where GatewayHTTPHandler.hostRefusal(for: head) != nil:
+                // RFC 9112 §3.2: HTTP/1.1 without Host (or with two) is 400, here too.
+                let refusal = GatewayHTTPHandler.hostRefusal(for: head)!
+                (status, contentType, body) = (refusal.status, "application/problem+json", refusal.body)
             case (.GET, "/metrics"):
                 status = .ok
                 contentType = "text/plain; version=0.0.4"
@@ -332,9 +339,11 @@ final class OperationsHandler: ChannelInboundHandler {
             headers.add(name: "content-type", value: contentType)
             headers.add(name: "content-length", value: String(body.count))
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-            var buffer = context.channel.allocator.buffer(capacity: body.count)
-            buffer.writeBytes(body)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            if !isHead {
+                var buffer = context.channel.allocator.buffer(capacity: body.count)
+                buffer.writeBytes(body)
+                context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            }
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
     }

@@ -98,8 +98,9 @@ public struct GatewayResponse: Sendable {
     }
 
     /// HTTP/1.1 status line, headers (with content-length and the standard response headers),
-    /// blank line, body — in one buffer, written with one TLS record.
-    func serialize(close: Bool) -> [UInt8] {
+    /// blank line, body — in one buffer, written with one TLS record. Without `body` (the
+    /// answer to HEAD) the header still tells the body's length, as GET would have.
+    func serialize(close: Bool, body includeBody: Bool = true) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(160 + body.count)
         out.append(contentsOf: "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n".utf8)
@@ -112,7 +113,7 @@ public struct GatewayResponse: Sendable {
         out.append(contentsOf: "content-length: \(body.count)\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n".utf8)
         if close { out.append(contentsOf: "connection: close\r\n".utf8) }
         out.append(contentsOf: "\r\n".utf8)
-        out.append(contentsOf: body)
+        if includeBody { out.append(contentsOf: body) }
         return out
     }
 
@@ -180,8 +181,135 @@ public struct GatewayResponse: Sendable {
         case .methodNotAllowed: return (.methodNotAllowed, "Method not allowed")
         case .requestTimeout: return (.requestTimeout, "Request timeout")
         case .headersTooLarge: return (.requestHeaderFieldsTooLarge, "Request header fields too large")
+        case .expectationFailed: return (.expectationFailed, "Expectation failed")
         case .serviceUnavailable: return (.serviceUnavailable, "Service unavailable")
         default: return (.internalServerError, "Internal error")
         }
+    }
+}
+
+/// A media type as RFC 9110 §8.3.1 writes it: `type/subtype` and `;`-separated parameters, with
+/// optional whitespace around the `;` (§5.6.6), case-insensitive type and parameter names, and
+/// values as tokens or quoted strings. Anything else does not parse.
+struct MediaType: Sendable, Equatable {
+    /// `type/subtype`, lowercased.
+    var type: String
+    /// Parameters in order: the name lowercased, the value as given (quotes and escapes removed).
+    var parameters: [(name: String, value: String)]
+
+    static func == (a: MediaType, b: MediaType) -> Bool {
+        a.type == b.type && a.parameters.map(\.name) == b.parameters.map(\.name) && a.parameters.map(\.value) == b.parameters.map(\.value)
+    }
+
+    /// The value of the first parameter `name` (case-insensitive).
+    func parameter(_ name: String) -> String? {
+        let name = name.lowercased()
+        return parameters.first { $0.name == name }?.value
+    }
+
+    init?(_ text: String) {
+        let bytes = Array(text.utf8)
+        var i = 0
+        func isTokenByte(_ b: UInt8) -> Bool {
+            switch b {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): return true
+            default: return Array("!#$%&'*+-.^_`|~".utf8).contains(b)
+            }
+        }
+        func skipOWS() { while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 { i += 1 } }
+        func token() -> String? {
+            let start = i
+            while i < bytes.count, isTokenByte(bytes[i]) { i += 1 }
+            return i > start ? String(decoding: bytes[start..<i], as: UTF8.self) : nil
+        }
+        func quoted() -> String? {
+            // At the opening quote.
+            i += 1
+            var value: [UInt8] = []
+            while i < bytes.count {
+                let b = bytes[i]
+                if b == UInt8(ascii: "\"") {
+                    i += 1
+                    return String(decoding: value, as: UTF8.self)
+                }
+                if b == UInt8(ascii: "\\") {
+                    i += 1
+                    guard i < bytes.count, bytes[i] == 0x09 || (0x20...0x7e).contains(bytes[i]) || bytes[i] >= 0x80 else { return nil }
+                    value.append(bytes[i])
+                } else if b == 0x09 || b == 0x20 || b == 0x21 || (0x23...0x5b).contains(b) || (0x5d...0x7e).contains(b) || b >= 0x80 {
+                    value.append(b)
+                } else {
+                    return nil
+                }
+                i += 1
+            }
+            return nil  // no closing quote
+        }
+        skipOWS()
+        guard let major = token(), i < bytes.count, bytes[i] == UInt8(ascii: "/") else { return nil }
+        i += 1
+        guard let minor = token() else { return nil }
+        type = (major + "/" + minor).lowercased()
+        parameters = []
+        while true {
+            skipOWS()
+            if i == bytes.count { return }
+            guard bytes[i] == UInt8(ascii: ";") else { return nil }
+            i += 1
+            skipOWS()
+            // An empty parameter (`;;`, a trailing `;`) is allowed.
+            if i == bytes.count || bytes[i] == UInt8(ascii: ";") { continue }
+            guard let name = token(), i < bytes.count, bytes[i] == UInt8(ascii: "=") else { return nil }
+            i += 1
+            guard i < bytes.count else { return nil }
+            let value: String
+            if bytes[i] == UInt8(ascii: "\"") {
+                guard let q = quoted() else { return nil }
+                value = q
+            } else {
+                guard let t = token() else { return nil }
+                value = t
+            }
+            parameters.append((name.lowercased(), value))
+        }
+    }
+}
+
+extension GatewayRequest {
+    /// Whether the request carries content (a positive `Content-Length`, or `Transfer-Encoding`).
+    var hasContent: Bool {
+        if headers.contains(name: "transfer-encoding") { return true }
+        return headers["content-length"].contains { Int($0.trimmingCharacters(in: .whitespaces)).map { $0 > 0 } ?? true }
+    }
+
+    static let jsonBodyAdvice = "send UTF-8 JSON (application/json, charset utf-8 or none)"
+    static let contentEncodingRefusal = "content-encoding is not supported; send the body uncompressed"
+
+    /// Why a body cannot be read as coded: a `Content-Encoding` other than `identity` (the
+    /// gateway decodes none), or `nil`.
+    var contentEncodingRefusal: String? {
+        for value in headers["content-encoding"] {
+            for coding in value.split(separator: ",") {
+                let name = coding.trimmingCharacters(in: .whitespaces).lowercased()
+                if !name.isEmpty, name != "identity" { return GatewayRequest.contentEncodingRefusal }
+            }
+        }
+        return nil
+    }
+
+    /// Why the body cannot be read as JSON (the `detail` of a 415), or `nil`: the content must
+    /// be uncoded, exactly one `Content-Type`, `application/json` with no charset or `utf-8`
+    /// (RFC 8259 §8.1: JSON exchanged between systems is UTF-8).
+    var jsonBodyRefusal: String? {
+        if let coding = contentEncodingRefusal { return coding }
+        let types = headers["content-type"]
+        guard types.count == 1, let media = MediaType(types[0]) else {
+            return types.isEmpty ? "no content-type; \(GatewayRequest.jsonBodyAdvice)" : "the content-type is not a valid media type; \(GatewayRequest.jsonBodyAdvice)"
+        }
+        guard media.type == "application/json" else { return "the content-type is not application/json; \(GatewayRequest.jsonBodyAdvice)" }
+        for (name, value) in media.parameters where name == "charset" && value.lowercased() != "utf-8" {
+            return "the charset is not utf-8; \(GatewayRequest.jsonBodyAdvice)"
+        }
+        return nil
     }
 }
