@@ -144,7 +144,7 @@ struct HTTPConformanceTests {
         let directory = temporaryDirectory("ketenpoort-expect")
         // Over 1024 bytes: curl 7.x asks Expect: 100-continue by itself (8.x from 1 MiB; the
         // header is given too so either does).
-        let body = ExchangeTests.exchangeBody(consents: ["no-such-consent"], extraData: #", "note": {"text": "\#(String(repeating: "x", count: 3000))"}"#)
+        let body = ExchangeTests.exchangeBody(consents: ["no-such-consent"], extraData: #", "safety_plan": {"summary": "\#(String(repeating: "x", count: 3000))"}"#)
         try write(body, to: directory + "/body.json")
         let r = try runProcess("curl", [
             "-s", "-v", "-o", "-", "-w", "\n%{http_code} %{time_total}", "--cacert", PKIFixture.path("ca.crt"), "--cert", partner.cert, "--key", partner.key,
