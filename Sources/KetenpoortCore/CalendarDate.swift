@@ -35,7 +35,19 @@ extension CalendarDate {
         let summerStart = lastSunday(year: year, month: 3) * 86_400 + 3_600
         let summerEnd = lastSunday(year: year, month: 10) * 86_400 + 3_600
         let offset: Int64 = seconds >= summerStart && seconds < summerEnd ? 7_200 : 3_600
-        let (y, m, d) = civil(fromDays: floorDivide(seconds + offset, 86_400))
+        return text(ofDay: floorDivide(seconds + offset, 86_400))
+    }
+
+    /// `date` (`YYYY-MM-DD`) plus `days` (negative: minus); an unreadable date is returned as given.
+    public static func adding(days count: Int, to date: String) -> String {
+        let parts = date.split(separator: "-").compactMap { Int64($0) }
+        guard parts.count == 3 else { return date }
+        return text(ofDay: days(year: parts[0], month: parts[1], day: parts[2]) + Int64(count))
+    }
+
+    /// `YYYY-MM-DD` of a day number.
+    static func text(ofDay number: Int64) -> String {
+        let (y, m, d) = civil(fromDays: number)
         func pad(_ n: Int64, _ width: Int) -> String {
             let text = String(n)
             return String(repeating: "0", count: max(0, width - text.count)) + text

@@ -464,38 +464,9 @@ struct ForbidContext {
     }
 }
 
-/// ISO date arithmetic without Foundation (pure core).
+/// ISO date arithmetic for the policies (the calendar itself is ``CalendarDate``'s).
 enum DateText {
-    static func adding(days: Int, to date: String) -> String {
-        let parts = date.split(separator: "-").compactMap { Int($0) }
-        guard parts.count == 3 else { return date }
-        let (y, m, d) = civilFromDays(daysFromCivil(parts[0], parts[1], parts[2]) + days)
-        func pad(_ n: Int, _ w: Int) -> String { String(repeating: "0", count: max(0, w - String(n).count)) + String(n) }
-        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))"
-    }
-
-    // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
-    static func daysFromCivil(_ y0: Int, _ m: Int, _ d: Int) -> Int {
-        let y = m <= 2 ? y0 - 1 : y0
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146097 + doe - 719468
-    }
-
-    static func civilFromDays(_ z0: Int) -> (Int, Int, Int) {
-        let z = z0 + 719468
-        let era = (z >= 0 ? z : z - 146096) / 146097
-        let doe = z - era * 146097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-        let y = yoe + era * 400
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp + (mp < 10 ? 3 : -9)
-        return (m <= 2 ? y + 1 : y, m, d)
-    }
+    static func adding(days: Int, to date: String) -> String { CalendarDate.adding(days: days, to: date) }
 }
 
 extension Obligations {
