@@ -153,6 +153,8 @@ final class ExchangeService: Sendable {
     /// What an undeclared case table, purpose or recipient is decided and logged as (not an id:
     /// no policy can declare it).
     static let undeclared = "(undeclared)"
+    /// What a consent id not registered for the exchange's subjects is decided and logged as.
+    static let unregistered = "(unregistered)"
 
     static func identifier(_ value: JSONValue?, _ path: String) throws -> String {
         let text = try ExchangeService.text(value, path)!
@@ -466,7 +468,14 @@ final class ExchangeService: Sendable {
             throw KetenpoortError(
                 .invalidRequest, "`data.concern_signal.reporter` names the reporter: say who that is in `reporter` (`kind`: professional or bystander, `protected`, `consented`)")
         }
-        let decidedBasis = try DecisionRequest.basis(basis)
+        var decidedBasis = try DecisionRequest.basis(basis)
+        // A consent id that is not registered for these subjects in this table is decided
+        // (refused) and logged as `(unregistered)`, never as given: any id-shaped text, a BSN
+        // too, would otherwise stay in the log.
+        if case .consent(let ids) = decidedBasis {
+            let registered = Set(consents.map(\.id))
+            decidedBasis = .consent(ids: ids.map { registered.contains($0) ? $0 : ExchangeService.unregistered })
+        }
         // The article is free text in the request: only one the policies name is taken (and so
         // logged); the list is the region's own words.
         if case .statutory(let article) = decidedBasis, !policies.declaredArticles.contains(article) {

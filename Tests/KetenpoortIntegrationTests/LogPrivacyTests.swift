@@ -67,6 +67,25 @@ struct LogPrivacyTests {
         }
     }
 
+    @Test("a consent id nobody registered for these subjects is refused and logged as `(unregistered)`, never as given")
+    func unregisteredConsentIdsAreNotLogged() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        let body = """
+            {"caseTable": "mda-zhz", "purpose": "meldcode-report", "recipient": "veilig-thuis-zhz",
+             "basis": {"type": "consent", "consentIds": ["999990032"]},
+             "subjects": [{"bsn": "\(Self.child)", "role": "child", "age": 9}], "data": {"identity": {"bsn": "\(Self.child)"}}}
+            """
+        let r = try await post(team, body)
+        #expect(r.status == 403, "\(r.body)")
+        #expect(!r.body.contains("999990032"), "\(r.body)")
+        await team.close()
+        let denied = try entries(gateway).filter { $0["kind"]?.stringValue == "exchange-denied" }
+        #expect(denied.first?["basis"]?["consentIds"]?.arrayValue?.compactMap(\.stringValue) == ["(unregistered)"], "\(denied)")
+        #expect(databaseBytes(gateway).range(of: Data("999990032".utf8)) == nil)
+    }
+
     @Test("a statutory article the policies do not name is refused before anything is logged; a named one is decided")
     func statutoryArticle() async throws {
         let gateway = try GatewayProcess()
