@@ -72,12 +72,7 @@ struct GatewayLifecycleTests {
         defer { gateway.stop() }
         try write("not a certificate\n", to: own.cert)
         gateway.signal(SIGHUP)
-        var failed = false
-        for _ in 0..<50 where !failed {
-            try await Task.sleep(for: .milliseconds(100))
-            failed = try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains("ketenpoort_tls_reloads_total{result=\"failed\"} 1")
-        }
-        #expect(failed)
+        #expect(try await gateway.metricsEventuallyContain("ketenpoort_tls_reloads_total{result=\"failed\"} 1"))
         let client = try await TestHTTPSClient.connect(port: gateway.port, cert: partner.cert, key: partner.key)
         #expect(try await client.request("/v1/whoami").status == 200)
         await client.close()

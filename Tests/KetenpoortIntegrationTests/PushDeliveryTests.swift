@@ -177,24 +177,14 @@ struct PushDeliveryTests {
         // A renewed certificate (here with another serialNumber, so the receiver can tell them apart).
         try install(oin: "00000009900000000077", name: "renewed")
         gateway.signal(SIGHUP)
-        var reloaded = false
-        for _ in 0..<50 where !reloaded {
-            try await Task.sleep(for: .milliseconds(100))
-            reloaded = try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains("ketenpoort_tls_reloads_total{result=\"ok\"} 1")
-        }
-        #expect(reloaded)
+        #expect(try await gateway.metricsEventuallyContain("ketenpoort_tls_reloads_total{result=\"ok\"} 1"))
         #expect(try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport).status == 201)
         #expect(try await pushedOINs(count: 2) == ["00000009900000000001", "00000009900000000077"])
 
         // A broken renewal keeps the working certificate and counts a failed reload.
         try "not a certificate".write(toFile: dir + "/client.crt", atomically: true, encoding: .utf8)
         gateway.signal(SIGHUP)
-        var failed = false
-        for _ in 0..<50 where !failed {
-            try await Task.sleep(for: .milliseconds(100))
-            failed = try operationsGet(port: gateway.operationsPort, path: "/metrics").body.contains("ketenpoort_tls_reloads_total{result=\"failed\"} 1")
-        }
-        #expect(failed)
+        #expect(try await gateway.metricsEventuallyContain("ketenpoort_tls_reloads_total{result=\"failed\"} 1"))
         #expect(try await team.request("/v1/exchanges", method: .POST, headers: [("content-type", "application/json")], body: Self.safetyReport).status == 201)
         #expect(try await pushedOINs(count: 3).last == "00000009900000000077")
         await team.close()

@@ -180,3 +180,15 @@ func operationsGet(port: Int, path: String) throws -> (status: Int, body: String
     let status = Int(lines.last ?? "") ?? 0
     return (status, lines.dropLast().joined(separator: "\n"))
 }
+
+extension GatewayProcess {
+    /// Whether the operations listener's /metrics comes to contain `series` within 5 s (polled
+    /// every 100 ms): for effects that follow a signal, such as a reload.
+    func metricsEventuallyContain(_ series: String) async throws -> Bool {
+        for _ in 0..<50 {
+            if try operationsGet(port: operationsPort, path: "/metrics").body.contains(series) { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+}
