@@ -150,6 +150,13 @@ final class ExchangeService: Sendable {
     /// An id from the policies or the registry (case table, purpose, partner, consent): letters,
     /// digits and `._:-`, at most 128 bytes. Whatever a request names is logged, also when it is
     /// refused, so free text (a name typed in the wrong field) is refused before that.
+    /// The index of the first item that equals an earlier one.
+    static func firstRepeat(in items: [BSN]) -> Int? {
+        var seen = Set<BSN>()
+        for (i, item) in items.enumerated() where !seen.insert(item).inserted { return i }
+        return nil
+    }
+
     /// What an undeclared case table, purpose or recipient is decided and logged as (not an id:
     /// no policy can declare it).
     static let undeclared = "(undeclared)"
@@ -822,6 +829,9 @@ final class ExchangeService: Sendable {
             if let i = from.firstIndex(of: subjectBSN) {
                 throw KetenpoortError(.invalidRequest, "`from[\(i)]` is the subject: a person is kept apart from others, not from themself")
             }
+            if let i = ExchangeService.firstRepeat(in: from) {
+                throw KetenpoortError(.invalidRequest, "`from[\(i)]` repeats an earlier BSN: list each person once")
+            }
             value.append(("from", .array(try from.map { .string(try logRef($0)) })))
         case "guardianship":
             let institution = try ExchangeService.text(json["institution"], "institution")!
@@ -837,6 +847,11 @@ final class ExchangeService: Sendable {
             let holders = try items.enumerated().map { try ExchangeService.bsn($1, "holders[\($0)]") }
             if let i = holders.firstIndex(of: subjectBSN) {
                 throw KetenpoortError(.invalidRequest, "`holders[\(i)]` is the subject: custody is held by a parent, not by the person themself")
+            }
+            // A BSN given twice is a typo that leaves the other parent out, and with it the
+            // consent that parent must give.
+            if let i = ExchangeService.firstRepeat(in: holders) {
+                throw KetenpoortError(.invalidRequest, "`holders[\(i)]` repeats an earlier BSN: list each parent with custody once")
             }
             value.append(("holders", .array(try holders.map { .string(try logRef($0)) })))
         default:

@@ -371,6 +371,8 @@ struct ExchangeTests {
             (team, "custody without holders", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": []}"#),
             (team, "custody with five holders", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": [\#(five)]}"#),
             (team, "custody held by the child", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)", "\#(Self.child)"]}"#),
+            (team, "custody holder given twice", #"{"caseTable": "mda-zhz", "type": "custody", "subject": "\#(Self.child)", "holders": ["\#(Self.mother)", "\#(Self.mother)"]}"#),
+            (vtClient, "kept apart from the same person twice", #"{"caseTable": "mda-zhz", "type": "keep-apart", "subject": "\#(Self.child)", "from": ["\#(Self.father)", "\#(Self.father)"]}"#),
             (vtClient, "kept apart from oneself", #"{"caseTable": "mda-zhz", "type": "keep-apart", "subject": "\#(Self.child)", "from": ["\#(Self.father)", "\#(Self.child)"]}"#),
         ]
         for (client, what, body) in cases {
