@@ -161,6 +161,9 @@ public protocol AuditStore: AnyObject {
     func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]?
     /// Sequences of entries not yet erased whose retention ended before `date` (YYYY-MM-DD).
     func expired(before date: String) throws -> [Int64]
+    /// The first entry (not erased) whose `kind`, `time` or `retain_until` column differs from
+    /// its body: the columns serve filters, listings and retention, only the body is hashed.
+    func firstEntryWithColumnsUnlikeBody() throws -> Int64?
     /// The entries from `from` (through `through`, or to the end) in order, as the verifier reads
     /// them: sequence, body, leaf_hash, chain_hash, kind, erased_at.
     func scan(from: Int64, through: Int64?) throws -> SQLCursor
@@ -554,8 +557,11 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
 
     public func expired(before date: String) throws -> [Int64] {
         let statement = try database.prepare(
-            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? ORDER BY sequence")
+            // The column finds the candidates (indexed); the hashed body decides: a column moved
+            // to an earlier day must not erase an entry early.
+            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? AND json_extract(body, '$.retainUntil') < ? ORDER BY sequence")
         statement.bind(1, date)
+        statement.bind(2, date)
         var result: [Int64] = []
         while try statement.step() { result.append(statement.int64(0)) }
         return result
@@ -567,6 +573,16 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         let upper = through.map { " AND sequence <= \($0)" } ?? ""
         return try database.prepare(
             "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
+    }
+
+    public func firstEntryWithColumnsUnlikeBody() throws -> Int64? {
+        let statement = try database.prepare(
+            """
+            SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND (kind IS NOT json_extract(body, '$.kind')
+              OR time IS NOT json_extract(body, '$.time') OR retain_until IS NOT json_extract(body, '$.retainUntil'))
+            ORDER BY sequence LIMIT 1
+            """)
+        return try statement.step() ? statement.int64(0) : nil
     }
 
     public func lastSequence() throws -> Int64 {

@@ -183,6 +183,21 @@ public enum AuditVerifier {
             problems.append((sequence, "entry \(sequence) was erased without a retention entry that records it"))
             break
         }
+        // Only the body is hashed; its kind, time and retention day are also kept in columns that
+        // filters, listings and retention use. A column changed to hide an entry from a filter,
+        // or to have it erased early, is tampering too.
+        do {
+            if let sequence = try store.firstEntryWithColumnsUnlikeBody() {
+                problems.append((sequence, "entry \(sequence) was changed: its kind, time or retention column differs from its content"))
+            }
+        } catch let error as KetenpoortError {
+            problems.append((1, "the database is unreadable or corrupt: \(error.message)"))
+        }
+        // A gateway's log starts with the entry of its first policy set, so a log without entries
+        // was emptied (entries and checkpoints deleted together): nothing is left to vouch for it.
+        if total == 0 && problems.isEmpty {
+            problems.append((1, "the log holds no entries: a gateway's log starts with its first policy-reloaded entry, so it was emptied or never written"))
+        }
         report.entries = total
         report.treeHead = root(at: total) ?? MerkleTree.emptyRoot
         report.erasedEntries = Int64(erased.count)

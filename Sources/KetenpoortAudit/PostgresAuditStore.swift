@@ -246,8 +246,19 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
 
     public func expired(before date: String) throws -> [Int64] {
         try database.rows(
-            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? ORDER BY sequence", [.text(date)]
+            // The column finds the candidates (indexed); the hashed body decides.
+            "SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND retain_until IS NOT NULL AND retain_until < ? AND (body::jsonb)->>'retainUntil' < ? ORDER BY sequence",
+            [.text(date), .text(date)]
         ).map { $0.int64(0) }
+    }
+
+    public func firstEntryWithColumnsUnlikeBody() throws -> Int64? {
+        try database.row(
+            """
+            SELECT sequence FROM (SELECT sequence, kind, time, retain_until, body::jsonb AS b FROM audit_entries WHERE body IS NOT NULL) e
+            WHERE kind IS DISTINCT FROM b->>'kind' OR time IS DISTINCT FROM b->>'time' OR retain_until IS DISTINCT FROM b->>'retainUntil'
+            ORDER BY sequence LIMIT 1
+            """, [])?.int64(0)
     }
 
     public func scan(from: Int64, through: Int64?) throws -> SQLCursor {

@@ -127,6 +127,49 @@ struct CheckpointAndProofTests {
         #expect(!nothing.isValid && nothing.problem?.contains("no readable audit log") == true, "\(nothing.problem ?? "")")
     }
 
+    @Test("the kind, time and retention columns are bound to the hashed body: a changed column fails verify, and retention goes by the body")
+    func columnsBoundToBody() async throws {
+        let keys = try testLogKeys()
+        let path = temporaryLogPath()
+        let log = try AuditLog(path: path, signer: try keys.signer)
+        for i in 0..<6 {
+            var record = drillRecord(i)
+            record.retainUntil = "2046-01-01"
+            _ = try await log.append(record)
+        }
+        #expect(try AuditVerifier.verify(path: path, keys: try keys.verifierKeys).isValid)
+        func tampered(_ sql: String) throws -> AuditVerifier.Report {
+            let copy = temporaryLogPath()
+            let db = try SQLiteDatabase(path: path)
+            try db.execute("VACUUM INTO '\(copy)'")
+            try SQLiteDatabase(path: copy).execute(sql)
+            return try AuditVerifier.verify(path: copy, keys: try keys.verifierKeys)
+        }
+        // Hidden from a `kind` filter, moved out of a period, or set to expire early.
+        for sql in [
+            "UPDATE audit_entries SET kind = 'drill' WHERE sequence = 3",
+            "UPDATE audit_entries SET time = '2020-01-01T00:00:00.000Z' WHERE sequence = 3",
+            "UPDATE audit_entries SET retain_until = '2000-01-01' WHERE sequence = 3",
+            "UPDATE audit_entries SET retain_until = NULL WHERE sequence = 3",
+        ] {
+            let report = try tampered(sql)
+            #expect(!report.isValid && report.firstBadEntry == 3, "\(sql): \(report.problem ?? "valid")")
+            #expect(report.problem?.contains("kind, time or retention column") == true, "\(report.problem ?? "")")
+        }
+        // Retention goes by the body: a column moved to an earlier day erases nothing.
+        try SQLiteDatabase(path: path).execute("UPDATE audit_entries SET retain_until = '2000-01-01' WHERE sequence = 4")
+        let store = try SQLiteAuditStore(readingFrom: path)
+        #expect(try store.expired(before: "2027-01-01").isEmpty)
+        #expect(try store.expired(before: "2047-01-01") == [1, 2, 3, 4, 5, 6])
+        let result = try await AuditRetention.run(log: log, store: store, today: "2027-01-01")
+        #expect(result.expired == 0)
+        log.close()
+        #expect(try store.entry(sequence: 4)?.body != nil)
+        // Entries and checkpoints deleted together leave an empty log: that fails too.
+        let emptied = try tampered("DELETE FROM audit_entries; DELETE FROM audit_checkpoints; DELETE FROM audit_tree")
+        #expect(!emptied.isValid && emptied.problem?.contains("holds no entries") == true, "\(emptied.problem ?? "valid")")
+    }
+
     @Test("verifying in two halves on two threads finds the same tree heads and the same first bad entry")
     func twoHalves() async throws {
         let keys = try testLogKeys()

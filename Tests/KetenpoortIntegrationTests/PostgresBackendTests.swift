@@ -78,6 +78,10 @@ struct PostgresBackendTests {
         try admin.rows("UPDATE audit_entries SET body = body || ' ' WHERE sequence = 123", [])
         let tampered = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys, splitFrom: 128)
         #expect(tampered.firstBadEntry == 123)
+        // So is a column the filters use, changed without the body (found before entry 123).
+        try admin.rows("UPDATE audit_entries SET kind = 'hidden' WHERE sequence = 77", [])
+        let column = try AuditVerifier.verify(location: .postgresql(settings), keys: try keys.verifierKeys, splitFrom: 128)
+        #expect(column.firstBadEntry == 77 && column.problem?.contains("kind, time or retention column") == true, "\(column.problem ?? "valid")")
     }
 
     @Test("every PostgreSQL connection bounds lock waits and abandoned transactions, and keeps TCP alive on both ends")
