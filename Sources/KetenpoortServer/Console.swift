@@ -181,13 +181,10 @@ struct Console {
         var html = rows.isEmpty ? "<p class=\"ok\">Niets te toetsen.</p>" : ""
         for row in rows {
             var texts = ""
-            if let entry = try audit.read({ try $0.entry(sequence: row.logSequence) }), let body = entry.body,
-                let members = (try? JSONParser.parse(body))?["texts"]?.objectValue
-            {
-                for (name, hash) in members {
-                    if let h = hash.stringValue.flatMap(Hex.decode), let sealed = try audit.read({ try $0.sealedText(sequence: row.logSequence, hash: h) }) {
-                        texts += "<dt>\(Console.escape(name))</dt><dd>\(Console.escape(try audit.keys.open(sealed)))</dd>"
-                    }
+            if let entry = try audit.read({ try $0.entry(sequence: row.logSequence) }) {
+                for (name, text) in try audit.openedTexts(of: entry) {
+                    let shown = text.map(Console.escape) ?? "<span class=\"bad\">niet te openen: beschadigd, of de sleutel is ingetrokken (zie het log van de gateway)</span>"
+                    texts += "<dt>\(Console.escape(name))</dt><dd>\(shown)</dd>"
                 }
             }
             html += """

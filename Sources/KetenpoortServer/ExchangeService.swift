@@ -927,16 +927,9 @@ final class ExchangeService: Sendable {
                 ("informSubjectBy", row.informSubjectBy.map { .string($0) } ?? .null), ("logSequence", .number(Double(row.logSequence))),
             ]
             // The officer reads the sealed justification (opened with the log key).
-            if let entry = try audit.read({ try $0.entry(sequence: row.logSequence) }), let body = entry.body,
-                let texts = (try? JSONParser.parse(body))?["texts"]?.objectValue
-            {
-                var opened: [(String, JSONValue)] = []
-                for (name, hash) in texts {
-                    if let h = hash.stringValue.flatMap(Hex.decode), let sealed = try audit.read({ try $0.sealedText(sequence: row.logSequence, hash: h) }) {
-                        opened.append((name, .string(try audit.keys.open(sealed))))
-                    }
-                }
-                members.append(("texts", .object(opened)))
+            // A text that cannot be opened is `null` (logged for the operator), not a failed queue.
+            if let entry = try audit.read({ try $0.entry(sequence: row.logSequence) }) {
+                members.append(("texts", .object(try audit.openedTexts(of: entry).map { ($0.name, $0.text.map(JSONValue.string) ?? .null) })))
             }
             items.append(.object(members))
         }

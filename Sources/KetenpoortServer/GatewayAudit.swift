@@ -94,6 +94,25 @@ public final class GatewayAudit: Sendable {
     }
 
     /// Runs `body` with a read-only view of the log (one at a time).
+    /// The free texts an entry sealed (name → text), opened with the log key for an officer. A
+    /// text whose stored bytes no longer match the hash in the (hashed) entry, or that the key
+    /// ring cannot open, is `nil`: one damaged text must not hide the rest of a review queue.
+    func openedTexts(of entry: StoredEntry) throws -> [(name: String, text: String?)] {
+        guard let body = entry.body, let members = (try? JSONParser.parse(body))?["texts"]?.objectValue else { return [] }
+        var result: [(name: String, text: String?)] = []
+        for (name, hash) in members {
+            guard let h = hash.stringValue.flatMap(Hex.decode) else {
+                result.append((name, nil))
+                continue
+            }
+            let sealed = try read { try $0.sealedText(sequence: entry.sequence, hash: h) }
+            let opened = sealed.flatMap { Crypto.sha256($0) == h ? (try? keys.open($0)) : nil }
+            if opened == nil { logger.error("a sealed text of an audit entry cannot be opened (damaged, or its key retired)", metadata: ["log.sequence": "\(entry.sequence)"]) }
+            result.append((name, opened))
+        }
+        return result
+    }
+
     public func read<T>(_ body: (AuditStore) throws -> T) throws -> T {
         reader.lock()
         defer { reader.unlock() }

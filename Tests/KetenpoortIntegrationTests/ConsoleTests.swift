@@ -193,4 +193,35 @@ struct OfficerListenerTests {
         #expect(try await partnerOnMain.request("/v1/inbox").status == 200)
         await partnerOnMain.close()
     }
+
+    @Test("a damaged sealed text is shown as such; the rest of the review queue stays readable (API and console)")
+    func damagedSealedText() async throws {
+        let gateway = try GatewayProcess()
+        defer { gateway.stop() }
+        let wijkteam = PKIFixture.partner("wijkteam-dordrecht")
+        let officer = PKIFixture.officer("privacy-officer-zhz")
+        let team = try await TestHTTPSClient.connect(port: gateway.port, cert: wijkteam.cert, key: wijkteam.key)
+        for justification in ["eerste melding", "tweede melding"] {
+            let r = try await team.request(
+                "/v1/exchanges", method: .POST, headers: [("content-type", "application/json")],
+                body: ExchangeTests.safetyReport.replacingOccurrences(of: #""justification": "kind vertelt over geweld thuis""#, with: "\"justification\": \"\(justification)\""))
+            #expect(r.status == 201, "\(r.body)")
+        }
+        await team.close()
+        // The first report's sealed texts are overwritten with bytes that are not what the entry hashed.
+        let db = try SQLiteDatabase(path: gateway.directory + "/ketenpoort.db")
+        let first = try #require(try db.rows("SELECT min(sequence) FROM audit_texts", []).first?.int64(0))
+        try db.execute("UPDATE audit_texts SET sealed = x'0011223344' WHERE sequence = \(first)")
+        let client = try await TestHTTPSClient.connect(port: gateway.port, cert: officer.cert, key: officer.key)
+        let queue = try await client.request("/v1/reviews")
+        #expect(queue.status == 200, "\(queue.body)")
+        let items = queue.json?["items"]?.arrayValue ?? []
+        #expect(items.count == 2)
+        #expect(items.contains { $0["texts"]?["justification"] == .null }, "\(queue.body)")
+        #expect(items.contains { $0["texts"]?["justification"]?.stringValue == "tweede melding" }, "\(queue.body)")
+        let page = try await client.request("/console/reviews")
+        #expect(page.status == 200)
+        #expect(page.body.contains("niet te openen") && page.body.contains("tweede melding"))
+        await client.close()
+    }
 }
