@@ -30,10 +30,30 @@ struct KetenpoortMain {
             if let exitCode = error as? ExitCode {
                 exit(exitCode.rawValue)
             }
-            let message = Ketenpoort.fullMessage(for: error)
-            FileHandle.standardError.write(Data("ketenpoort: error: \(message)\n".utf8))
+            FileHandle.standardError.write(Data("ketenpoort: error: \(KetenpoortMain.oneLine(error))\n".utf8))
             exit(2)
         }
+    }
+}
+
+extension KetenpoortMain {
+    /// The error as one line (cli.md): the argument parser's message and where its help is, or
+    /// a file error as the path and what the system said; never a dump of an error value.
+    static func oneLine(_ error: Error) -> String {
+        let ns = error as NSError
+        if ns.domain == NSCocoaErrorDomain {
+            let path = ns.userInfo[NSFilePathErrorKey] as? String ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path ?? "the file"
+            let reason = (ns.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) } ?? ns.localizedDescription
+            return "cannot write or read `\(path)`: \(reason)"
+        }
+        var message = Ketenpoort.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+        if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
+        // "See 'ketenpoort log prove --help' for more information." in the full text names the command.
+        let full = Ketenpoort.fullMessage(for: error)
+        if let start = full.range(of: "See '"), let end = full[start.upperBound...].range(of: "'") {
+            message += " (see `\(full[start.upperBound..<end.lowerBound])`)"
+        }
+        return message
     }
 }
 

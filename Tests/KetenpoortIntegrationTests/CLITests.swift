@@ -49,6 +49,24 @@ struct CLITests {
         }
     }
 
+    @Test("bad arguments and unwritable files are one line on stderr (cli.md), exit 2, naming the command's help")
+    func oneLineErrors() throws {
+        let cases: [([String], String)] = [
+            (["log", "query", "--db", "/tmp/none.db", "--kind", "bogus"], "(see `ketenpoort log query --help`)"),
+            (["backup", "--db", "/tmp/none.db"], "Missing expected argument '--out <out>' (see `ketenpoort backup --help`)"),
+            (["log", "prove", "--db", "/tmp/none.db", "--entry", "abc"], "(see `ketenpoort log prove --help`)"),
+            (["no-such-command"], "(see `ketenpoort --help`)"),
+            (["routemap", "--policies", packageRoot + "/Policies", "--out", "/nonexistent/dir/map.html"], "`/nonexistent/dir/map.html`"),
+        ]
+        for (arguments, fragment) in cases {
+            let r = try ketenpoort(arguments)
+            #expect(r.status == 2, "\(arguments): \(r.status)")
+            let lines = r.stderr.split(separator: "\n")
+            #expect(lines.count == 1 && lines.first?.hasPrefix("ketenpoort: error: ") == true, "\(arguments): \(r.stderr)")
+            #expect(r.stderr.contains(fragment) && !r.stderr.contains("Error Domain") && !r.stderr.contains("Error: "), "\(arguments): \(r.stderr)")
+        }
+    }
+
     @Test("log verify: a database that holds no log any more fails the check (exit 1); a missing file is bad input (exit 2)")
     func verifyEmptiedLog() throws {
         let dir = temporaryDirectory()
@@ -78,6 +96,12 @@ struct CLITests {
         #expect(test.stdout.split(separator: "\n").last?.hasSuffix("passed, 0 failed") == true)
         #expect(try ketenpoort(["policy", "frobnicate"]).status == 2)
         #expect(try ketenpoort(["pseudonym", "--domain", "nonsense"]).status == 2)
+        // Unreadable input is one line on stderr with exit 2, nothing on stdout.
+        for arguments in [["policy", "check", "/nonexistent/policies"], ["policy", "explain", packageRoot + "/Policies", "--request", "/nonexistent/request.yaml"]] {
+            let r = try ketenpoort(arguments)
+            #expect(r.status == 2 && r.stdout.isEmpty, "\(arguments): \(r.status) \(r.stdout)")
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.hasPrefix("ketenpoort: error: "), "\(arguments): \(r.stderr)")
+        }
     }
 
     @Test("pki init refuses a non-empty directory without --force")
