@@ -154,7 +154,10 @@ public enum PseudonymCommand {
         out.reserveCapacity(lines.count)
         for (index, raw) in lines.enumerated() {
             let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if line.isEmpty { continue }
+            // Output line N is input line N's pseudonym: a skipped line would shift every later one.
+            guard !line.isEmpty else {
+                throw KetenpoortError(.invalidInput, "line \(index + 1) of standard input is empty: give one BSN a line, so that each output line belongs to the same input line")
+            }
             guard BSN.isValid(line) else {
                 throw KetenpoortError(.invalidBSN, "line \(index + 1) of standard input is not a valid BSN (nine digits passing the 11-check)")
             }

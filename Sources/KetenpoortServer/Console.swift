@@ -57,7 +57,7 @@ struct Console {
         if request.method == .POST {
             // A form may only be posted from the console itself (no cross-site requests).
             if request.headers.first(name: "sec-fetch-site").map({ $0 != "same-origin" && $0 != "none" }) == true
-                || request.headers.first(name: "origin").map({ !$0.hasSuffix("://" + (request.headers.first(name: "host") ?? "")) }) == true
+                || request.headers.first(name: "origin").map({ $0.lowercased() != "https://" + (request.headers.first(name: "host") ?? "").lowercased() }) == true
             {
                 return page("Geweigerd", "<p class=\"bad\">Formulieren worden alleen vanuit de console zelf verstuurd.</p>", route: "/console", status: .forbidden)
             }
@@ -285,7 +285,7 @@ struct Console {
     }
 
     func subjectReport(_ request: GatewayRequest, _ officer: Officer) async throws -> GatewayResponse {
-        guard let text = Console.form(request)["bsn"], let bsn = try? BSN(text.trimmingCharacters(in: .whitespaces)) else {
+        guard let text = Console.form(request)["bsn"], let bsn = try? BSN(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw KetenpoortError(.invalidBSN, "that is not a valid BSN (nine digits passing the 11-check)")
         }
         let report = try audit.read { try SubjectReport.build(store: $0, pseudonyms: try audit.keys.subjectPseudonyms(bsn)) }

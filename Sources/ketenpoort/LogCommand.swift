@@ -53,10 +53,19 @@ func databaseLocation(_ db: String) -> DatabaseLocation {
     DatabaseLocation(db, passwordFile: ProcessInfo.processInfo.environment["KETENPOORT_DATABASE_PASSWORD_FILE"])
 }
 
-/// Reads one BSN from standard input; never echoes it.
+/// Reads one BSN from standard input, the only line there; never echoes it.
 func readSubjectBSN() throws -> BSN {
-    guard let line = readLine(strippingNewline: true)?.trimmingCharacters(in: .whitespaces), !line.isEmpty else {
+    var lines: [String] = []
+    while let raw = readLine(strippingNewline: true) {
+        let line = raw.trimmingCharacters(in: .whitespaces)
+        if !line.isEmpty { lines.append(line) }
+    }
+    guard let line = lines.first else {
         throw KetenpoortError(.invalidInput, "expected a BSN on standard input (one line); a BSN never goes on the command line")
+    }
+    // One report is about one person: a second BSN would be ignored without a word.
+    guard lines.count == 1 else {
+        throw KetenpoortError(.invalidInput, "standard input holds \(lines.count) lines: give one BSN (one person per report or query)")
     }
     do {
         return try BSN(line)

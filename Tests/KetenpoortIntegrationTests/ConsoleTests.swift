@@ -45,6 +45,10 @@ struct ConsoleTests {
         let form = [("content-type", "application/x-www-form-urlencoded")]
         let crossSite = try await client.request("/console/reviews/\(id)", method: .POST, headers: form + [("sec-fetch-site", "cross-site")], body: "outcome=upheld&comment=x")
         #expect(crossSite.status == 403)
+        // Same host, other scheme: not the console's own origin either.
+        let plainOrigin = try await client.request(
+            "/console/reviews/\(id)", method: .POST, headers: form + [("origin", "http://localhost")], body: "outcome=upheld&comment=x")
+        #expect(plainOrigin.status == 403)
         let posted = try await client.request("/console/reviews/\(id)", method: .POST, headers: form, body: "outcome=upheld&comment=grond+en+meldcode+in+orde")
         #expect(posted.status == 303)
         #expect(try await client.request("/console/reviews").body.contains("Niets te toetsen"))

@@ -98,6 +98,9 @@ struct GatewayAuditTests {
         let badBSN = try ketenpoort(["log", "query", "--db", dir + "/ketenpoort.db", "--keys", dir + "/keys", "--subject-stdin"], stdin: "999990018\n")
         #expect(badBSN.status == 2)
         #expect(!badBSN.stderr.contains("999990018"))
+        // One person per query: a second BSN is refused, not ignored.
+        let two = try ketenpoort(["log", "query", "--db", dir + "/ketenpoort.db", "--keys", dir + "/keys", "--subject-stdin"], stdin: bsn.digits + "\n999990020\n")
+        #expect(two.status == 2 && two.stderr.contains("holds 2 lines") && !two.stderr.contains("999990020"), "\(two.stderr)")
         // No BSN in clear in any database file.
         for suffix in ["", "-wal", "-shm"] {
             if let data = FileManager.default.contents(atPath: dir + "/ketenpoort.db" + suffix) {
