@@ -161,11 +161,8 @@ public protocol AuditStore: AnyObject {
     func sealedText(sequence: Int64, hash: [UInt8]) throws -> [UInt8]?
     /// Sequences of entries not yet erased whose retention ended before `date` (YYYY-MM-DD).
     func expired(before date: String) throws -> [Int64]
-    /// The first entry (not erased) whose `kind`, `time` or `retain_until` column differs from
-    /// its body: the columns serve filters, listings and retention, only the body is hashed.
-    func firstEntryWithColumnsUnlikeBody() throws -> Int64?
     /// The entries from `from` (through `through`, or to the end) in order, as the verifier reads
-    /// them: sequence, body, leaf_hash, chain_hash, kind, erased_at.
+    /// them: sequence, body, leaf_hash, chain_hash, kind, erased_at, time, retain_until.
     func scan(from: Int64, through: Int64?) throws -> SQLCursor
     /// The highest sequence stored (0 when empty).
     func lastSequence() throws -> Int64
@@ -572,17 +569,7 @@ public final class SQLiteAuditStore: AuditStore, @unchecked Sendable {
         try? database.execute("PRAGMA mmap_size = 1073741824")
         let upper = through.map { " AND sequence <= \($0)" } ?? ""
         return try database.prepare(
-            "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
-    }
-
-    public func firstEntryWithColumnsUnlikeBody() throws -> Int64? {
-        let statement = try database.prepare(
-            """
-            SELECT sequence FROM audit_entries WHERE body IS NOT NULL AND (kind IS NOT json_extract(body, '$.kind')
-              OR time IS NOT json_extract(body, '$.time') OR retain_until IS NOT json_extract(body, '$.retainUntil'))
-            ORDER BY sequence LIMIT 1
-            """)
-        return try statement.step() ? statement.int64(0) : nil
+            "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at, time, retain_until FROM audit_entries WHERE sequence >= \(from)\(upper) ORDER BY sequence")
     }
 
     public func lastSequence() throws -> Int64 {

@@ -252,22 +252,13 @@ public final class PostgresAuditStore: AuditStore, @unchecked Sendable {
         ).map { $0.int64(0) }
     }
 
-    public func firstEntryWithColumnsUnlikeBody() throws -> Int64? {
-        try database.row(
-            """
-            SELECT sequence FROM (SELECT sequence, kind, time, retain_until, body::jsonb AS b FROM audit_entries WHERE body IS NOT NULL) e
-            WHERE kind IS DISTINCT FROM b->>'kind' OR time IS DISTINCT FROM b->>'time' OR retain_until IS DISTINCT FROM b->>'retainUntil'
-            ORDER BY sequence LIMIT 1
-            """, [])?.int64(0)
-    }
-
     public func scan(from: Int64, through: Int64?) throws -> SQLCursor {
         let upper = through ?? Int64.max
         let database = self.database
         var next = from
         return PagedCursor { _ in
             let rows = try database.rows(
-                "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at FROM audit_entries WHERE sequence >= ? AND sequence <= ? ORDER BY sequence LIMIT 5000",
+                "SELECT sequence, body, leaf_hash, chain_hash, kind, erased_at, time, retain_until FROM audit_entries WHERE sequence >= ? AND sequence <= ? ORDER BY sequence LIMIT 5000",
                 [.integer(next), .integer(upper)])
             if let last = rows.last { next = last.int64(0) + 1 }
             return rows
