@@ -18,6 +18,15 @@ func drillRecord(_ i: Int) -> AuditRecord {
     AuditRecord(kind: "policy-reloaded", members: [("n", .number(Double(i)))])
 }
 
+/// Appends `count` drill records that are kept until `retainUntil`.
+func appendDrills(_ log: AuditLog, count: Int, retainUntil: String) async throws {
+    for i in 0..<count {
+        var record = drillRecord(i)
+        record.retainUntil = retainUntil
+        _ = try await log.append(record)
+    }
+}
+
 @Suite("Audit log: signed checkpoints, stored tree, proofs, retention")
 struct CheckpointAndProofTests {
     @Test("a tree head is signed every N entries; every entry's stored-tree proof verifies against every checkpoint")
@@ -132,11 +141,7 @@ struct CheckpointAndProofTests {
         let keys = try testLogKeys()
         let path = temporaryLogPath()
         let log = try AuditLog(path: path, signer: try keys.signer)
-        for i in 0..<6 {
-            var record = drillRecord(i)
-            record.retainUntil = "2046-01-01"
-            _ = try await log.append(record)
-        }
+        try await appendDrills(log, count: 6, retainUntil: "2046-01-01")
         #expect(try AuditVerifier.verify(path: path, keys: try keys.verifierKeys).isValid)
         func tampered(_ sql: String) throws -> AuditVerifier.Report {
             let copy = temporaryLogPath()
@@ -313,11 +318,7 @@ struct CheckpointAndProofTests {
         let keys = try testLogKeys()
         let path = temporaryLogPath()
         let log = try AuditLog(path: path, signer: try keys.signer)
-        for i in 0..<25 {
-            var record = drillRecord(i)
-            record.retainUntil = "2027-01-01"
-            _ = try await log.append(record)
-        }
+        try await appendDrills(log, count: 25, retainUntil: "2027-01-01")
         // Another process's log on the same file: the gateway, while `log retention` runs.
         let other = try AuditLog(path: path, signer: try keys.signer)
         let store = try SQLiteAuditStore(readingFrom: path)

@@ -192,3 +192,10 @@ extension GatewayProcess {
         return false
     }
 }
+
+/// Which of `texts` stand in clear in a SQLite database's files (the database, its WAL and its
+/// shared memory): what no personal value may do.
+func textsInDatabase(_ path: String, _ texts: [String]) -> [String] {
+    let files = ["", "-wal", "-shm"].compactMap { FileManager.default.contents(atPath: path + $0) }
+    return texts.filter { text in files.contains { $0.range(of: Data(text.utf8)) != nil } }
+}
